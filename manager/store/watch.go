@@ -1,0 +1,171 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/flotilla/flotilla/api"
+)
+
+// Errors that end a watch; the watcher must list again and start a new one.
+var (
+	// ErrWatchOverflow: the watcher fell too far behind and was dropped.
+	ErrWatchOverflow = errors.New("watch fell behind the store and was closed")
+	// ErrWatchReset: the store was replaced by a snapshot.
+	ErrWatchReset = errors.New("store was restored from a snapshot")
+	// ErrHistoryGone: a resume version older than the retained history.
+	ErrHistoryGone = errors.New("resume version is older than the retained watch history")
+)
+
+// Event is one change to one object. Objects are shared with the store and
+// other watchers: never modify them (copy first).
+type Event struct {
+	Action    api.WatchActionKind
+	Object    api.StoreObject
+	OldObject api.StoreObject
+}
+
+// Change is everything one transaction changed.
+type Change struct {
+	Version uint64
+	Events  []Event
+}
+
+const (
+	// defaultHistory is how many changes are kept for resuming watches.
+	defaultHistory = 4096
+	// subscriberBuffer is how many changes a watcher may lag before it is dropped.
+	subscriberBuffer = 1024
+)
+
+// Watch is one subscription to store changes.
+type Watch struct {
+	// C delivers changes in order; it is closed when the watch ends.
+	C <-chan Change
+
+	c      chan Change
+	q      *watchQueue
+	mu     sync.Mutex
+	err    error
+	closed bool
+}
+
+// Err says why C was closed: nil after Close, else ErrWatchOverflow or ErrWatchReset.
+func (w *Watch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Close ends the watch. Safe to call more than once and concurrently with publishing.
+func (w *Watch) Close() {
+	w.q.remove(w, nil)
+}
+
+type watchQueue struct {
+	mu      sync.Mutex
+	subs    map[*Watch]struct{}
+	history []Change // ring, oldest first once full
+	start   int
+	limit   int
+	// floor is the version before the oldest change in history: a resume from
+	// any version >= floor can be served.
+	floor uint64
+	last  uint64
+}
+
+func newWatchQueue(limit int) *watchQueue {
+	return &watchQueue{subs: map[*Watch]struct{}{}, limit: limit}
+}
+
+func (q *watchQueue) publish(c Change) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.history) < q.limit {
+		q.history = append(q.history, c)
+	} else {
+		q.floor = q.history[q.start].Version
+		q.history[q.start] = c
+		q.start = (q.start + 1) % q.limit
+	}
+	q.last = c.Version
+	for w := range q.subs {
+		select {
+		case w.c <- c:
+		default:
+			q.removeLocked(w, ErrWatchOverflow)
+		}
+	}
+}
+
+// reset drops history and ends every watch: the state was replaced.
+func (q *watchQueue) reset(version uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.history, q.start, q.floor, q.last = nil, 0, version, version
+	for w := range q.subs {
+		q.removeLocked(w, ErrWatchReset)
+	}
+}
+
+func (q *watchQueue) remove(w *Watch, err error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.removeLocked(w, err)
+}
+
+func (q *watchQueue) removeLocked(w *Watch, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.err = err
+	delete(q.subs, w)
+	close(w.c)
+}
+
+// subscribe starts a watch. With from != 0 it first returns the retained
+// changes after version from.
+func (q *watchQueue) subscribe(from uint64) ([]Change, *Watch, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var replay []Change
+	if from != 0 && from < q.last {
+		if from < q.floor {
+			return nil, nil, fmt.Errorf("%w: asked for changes after %d, history starts after %d",
+				ErrHistoryGone, from, q.floor)
+		}
+		for i := range q.history {
+			c := q.history[(q.start+i)%len(q.history)]
+			if c.Version > from {
+				replay = append(replay, c)
+			}
+		}
+	}
+	c := make(chan Change, subscriberBuffer)
+	w := &Watch{C: c, c: c, q: q}
+	q.subs[w] = struct{}{}
+	return replay, w, nil
+}
+
+// Watch subscribes to changes. With from != 0, the changes after version from
+// that are still in history come first (in the returned slice); a from older
+// than the history fails with ErrHistoryGone.
+func (s *MemoryStore) Watch(from uint64) ([]Change, *Watch, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queue.subscribe(from)
+}
+
+// ViewAndWatch runs cb on a snapshot and starts a watch at exactly that
+// snapshot: every later change arrives on the watch, none is in both.
+func (s *MemoryStore) ViewAndWatch(cb func(ReadTx)) (*Watch, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cb(readTx{txn: s.db.Load().Txn(false)})
+	_, w, err := s.queue.subscribe(0)
+	return w, s.version.Load(), err
+}
