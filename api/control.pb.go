@@ -3301,6 +3301,1738 @@ var fileDescriptor_0c5120591600887d = []byte{
 	0x9f, 0xfe, 0x3f, 0x00, 0x00, 0xff, 0xff, 0x03, 0x26, 0x55, 0xdf, 0x79, 0x20, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListFilters) Copy() *ListFilters {
+	if m == nil {
+		return nil
+	}
+	o := &ListFilters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListFilters.
+// A nil src makes m the zero value.
+func (m *ListFilters) CopyFrom(src interface{}) {
+	o := src.(*ListFilters)
+	if o == nil {
+		*m = ListFilters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Names != nil {
+		m.Names = make([]string, len(o.Names))
+		copy(m.Names, o.Names)
+	}
+	if o.NamePrefixes != nil {
+		m.NamePrefixes = make([]string, len(o.NamePrefixes))
+		copy(m.NamePrefixes, o.NamePrefixes)
+	}
+	if o.IDPrefixes != nil {
+		m.IDPrefixes = make([]string, len(o.IDPrefixes))
+		copy(m.IDPrefixes, o.IDPrefixes)
+	}
+	if o.Labels != nil {
+		m.Labels = make(map[string]string, len(o.Labels))
+		for k, v := range o.Labels {
+			m.Labels[k] = v
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetNodeRequest) Copy() *GetNodeRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetNodeRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetNodeRequest.
+// A nil src makes m the zero value.
+func (m *GetNodeRequest) CopyFrom(src interface{}) {
+	o := src.(*GetNodeRequest)
+	if o == nil {
+		*m = GetNodeRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetNodeResponse) Copy() *GetNodeResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetNodeResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetNodeResponse.
+// A nil src makes m the zero value.
+func (m *GetNodeResponse) CopyFrom(src interface{}) {
+	o := src.(*GetNodeResponse)
+	if o == nil {
+		*m = GetNodeResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Node = o.Node.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNodesRequest) Copy() *ListNodesRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListNodesRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNodesRequest.
+// A nil src makes m the zero value.
+func (m *ListNodesRequest) CopyFrom(src interface{}) {
+	o := src.(*ListNodesRequest)
+	if o == nil {
+		*m = ListNodesRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNodesRequest_Filters) Copy() *ListNodesRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListNodesRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNodesRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListNodesRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListNodesRequest_Filters)
+	if o == nil {
+		*m = ListNodesRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+	if o.Roles != nil {
+		m.Roles = make([]NodeRole, len(o.Roles))
+		copy(m.Roles, o.Roles)
+	}
+	if o.Availabilities != nil {
+		m.Availabilities = make([]NodeSpec_Availability, len(o.Availabilities))
+		copy(m.Availabilities, o.Availabilities)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNodesResponse) Copy() *ListNodesResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListNodesResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNodesResponse.
+// A nil src makes m the zero value.
+func (m *ListNodesResponse) CopyFrom(src interface{}) {
+	o := src.(*ListNodesResponse)
+	if o == nil {
+		*m = ListNodesResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Nodes != nil {
+		m.Nodes = make([]*Node, len(o.Nodes))
+		for i := range o.Nodes {
+			m.Nodes[i] = o.Nodes[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateNodeRequest) Copy() *UpdateNodeRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateNodeRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateNodeRequest.
+// A nil src makes m the zero value.
+func (m *UpdateNodeRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateNodeRequest)
+	if o == nil {
+		*m = UpdateNodeRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateNodeResponse) Copy() *UpdateNodeResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateNodeResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateNodeResponse.
+// A nil src makes m the zero value.
+func (m *UpdateNodeResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateNodeResponse)
+	if o == nil {
+		*m = UpdateNodeResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Node = o.Node.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveNodeRequest) Copy() *RemoveNodeRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveNodeRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveNodeRequest.
+// A nil src makes m the zero value.
+func (m *RemoveNodeRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveNodeRequest)
+	if o == nil {
+		*m = RemoveNodeRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveNodeResponse) Copy() *RemoveNodeResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveNodeResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveNodeResponse.
+// A nil src makes m the zero value.
+func (m *RemoveNodeResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveNodeResponse)
+	if o == nil {
+		*m = RemoveNodeResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetTaskRequest) Copy() *GetTaskRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetTaskRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetTaskRequest.
+// A nil src makes m the zero value.
+func (m *GetTaskRequest) CopyFrom(src interface{}) {
+	o := src.(*GetTaskRequest)
+	if o == nil {
+		*m = GetTaskRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetTaskResponse) Copy() *GetTaskResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetTaskResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetTaskResponse.
+// A nil src makes m the zero value.
+func (m *GetTaskResponse) CopyFrom(src interface{}) {
+	o := src.(*GetTaskResponse)
+	if o == nil {
+		*m = GetTaskResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Task = o.Task.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListTasksRequest) Copy() *ListTasksRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListTasksRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListTasksRequest.
+// A nil src makes m the zero value.
+func (m *ListTasksRequest) CopyFrom(src interface{}) {
+	o := src.(*ListTasksRequest)
+	if o == nil {
+		*m = ListTasksRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListTasksRequest_Filters) Copy() *ListTasksRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListTasksRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListTasksRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListTasksRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListTasksRequest_Filters)
+	if o == nil {
+		*m = ListTasksRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+	if o.ServiceIDs != nil {
+		m.ServiceIDs = make([]string, len(o.ServiceIDs))
+		copy(m.ServiceIDs, o.ServiceIDs)
+	}
+	if o.NodeIDs != nil {
+		m.NodeIDs = make([]string, len(o.NodeIDs))
+		copy(m.NodeIDs, o.NodeIDs)
+	}
+	if o.DesiredStates != nil {
+		m.DesiredStates = make([]TaskState, len(o.DesiredStates))
+		copy(m.DesiredStates, o.DesiredStates)
+	}
+	if o.Slots != nil {
+		m.Slots = make([]uint64, len(o.Slots))
+		copy(m.Slots, o.Slots)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListTasksResponse) Copy() *ListTasksResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListTasksResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListTasksResponse.
+// A nil src makes m the zero value.
+func (m *ListTasksResponse) CopyFrom(src interface{}) {
+	o := src.(*ListTasksResponse)
+	if o == nil {
+		*m = ListTasksResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Tasks != nil {
+		m.Tasks = make([]*Task, len(o.Tasks))
+		for i := range o.Tasks {
+			m.Tasks[i] = o.Tasks[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveTaskRequest) Copy() *RemoveTaskRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveTaskRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveTaskRequest.
+// A nil src makes m the zero value.
+func (m *RemoveTaskRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveTaskRequest)
+	if o == nil {
+		*m = RemoveTaskRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveTaskResponse) Copy() *RemoveTaskResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveTaskResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveTaskResponse.
+// A nil src makes m the zero value.
+func (m *RemoveTaskResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveTaskResponse)
+	if o == nil {
+		*m = RemoveTaskResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetServiceRequest) Copy() *GetServiceRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetServiceRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetServiceRequest.
+// A nil src makes m the zero value.
+func (m *GetServiceRequest) CopyFrom(src interface{}) {
+	o := src.(*GetServiceRequest)
+	if o == nil {
+		*m = GetServiceRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetServiceResponse) Copy() *GetServiceResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetServiceResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetServiceResponse.
+// A nil src makes m the zero value.
+func (m *GetServiceResponse) CopyFrom(src interface{}) {
+	o := src.(*GetServiceResponse)
+	if o == nil {
+		*m = GetServiceResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Service = o.Service.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListServicesRequest) Copy() *ListServicesRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListServicesRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListServicesRequest.
+// A nil src makes m the zero value.
+func (m *ListServicesRequest) CopyFrom(src interface{}) {
+	o := src.(*ListServicesRequest)
+	if o == nil {
+		*m = ListServicesRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListServicesRequest_Filters) Copy() *ListServicesRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListServicesRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListServicesRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListServicesRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListServicesRequest_Filters)
+	if o == nil {
+		*m = ListServicesRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListServicesResponse) Copy() *ListServicesResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListServicesResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListServicesResponse.
+// A nil src makes m the zero value.
+func (m *ListServicesResponse) CopyFrom(src interface{}) {
+	o := src.(*ListServicesResponse)
+	if o == nil {
+		*m = ListServicesResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Services != nil {
+		m.Services = make([]*Service, len(o.Services))
+		for i := range o.Services {
+			m.Services[i] = o.Services[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateServiceRequest) Copy() *CreateServiceRequest {
+	if m == nil {
+		return nil
+	}
+	o := &CreateServiceRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateServiceRequest.
+// A nil src makes m the zero value.
+func (m *CreateServiceRequest) CopyFrom(src interface{}) {
+	o := src.(*CreateServiceRequest)
+	if o == nil {
+		*m = CreateServiceRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateServiceResponse) Copy() *CreateServiceResponse {
+	if m == nil {
+		return nil
+	}
+	o := &CreateServiceResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateServiceResponse.
+// A nil src makes m the zero value.
+func (m *CreateServiceResponse) CopyFrom(src interface{}) {
+	o := src.(*CreateServiceResponse)
+	if o == nil {
+		*m = CreateServiceResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Service = o.Service.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateServiceRequest) Copy() *UpdateServiceRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateServiceRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateServiceRequest.
+// A nil src makes m the zero value.
+func (m *UpdateServiceRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateServiceRequest)
+	if o == nil {
+		*m = UpdateServiceRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateServiceResponse) Copy() *UpdateServiceResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateServiceResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateServiceResponse.
+// A nil src makes m the zero value.
+func (m *UpdateServiceResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateServiceResponse)
+	if o == nil {
+		*m = UpdateServiceResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Service = o.Service.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveServiceRequest) Copy() *RemoveServiceRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveServiceRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveServiceRequest.
+// A nil src makes m the zero value.
+func (m *RemoveServiceRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveServiceRequest)
+	if o == nil {
+		*m = RemoveServiceRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveServiceResponse) Copy() *RemoveServiceResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveServiceResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveServiceResponse.
+// A nil src makes m the zero value.
+func (m *RemoveServiceResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveServiceResponse)
+	if o == nil {
+		*m = RemoveServiceResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetClusterRequest) Copy() *GetClusterRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetClusterRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetClusterRequest.
+// A nil src makes m the zero value.
+func (m *GetClusterRequest) CopyFrom(src interface{}) {
+	o := src.(*GetClusterRequest)
+	if o == nil {
+		*m = GetClusterRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetClusterResponse) Copy() *GetClusterResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetClusterResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetClusterResponse.
+// A nil src makes m the zero value.
+func (m *GetClusterResponse) CopyFrom(src interface{}) {
+	o := src.(*GetClusterResponse)
+	if o == nil {
+		*m = GetClusterResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Cluster = o.Cluster.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListClustersRequest) Copy() *ListClustersRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListClustersRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListClustersRequest.
+// A nil src makes m the zero value.
+func (m *ListClustersRequest) CopyFrom(src interface{}) {
+	o := src.(*ListClustersRequest)
+	if o == nil {
+		*m = ListClustersRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListClustersRequest_Filters) Copy() *ListClustersRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListClustersRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListClustersRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListClustersRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListClustersRequest_Filters)
+	if o == nil {
+		*m = ListClustersRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListClustersResponse) Copy() *ListClustersResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListClustersResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListClustersResponse.
+// A nil src makes m the zero value.
+func (m *ListClustersResponse) CopyFrom(src interface{}) {
+	o := src.(*ListClustersResponse)
+	if o == nil {
+		*m = ListClustersResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Clusters != nil {
+		m.Clusters = make([]*Cluster, len(o.Clusters))
+		for i := range o.Clusters {
+			m.Clusters[i] = o.Clusters[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *KeyRotation) Copy() *KeyRotation {
+	if m == nil {
+		return nil
+	}
+	o := &KeyRotation{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *KeyRotation.
+// A nil src makes m the zero value.
+func (m *KeyRotation) CopyFrom(src interface{}) {
+	o := src.(*KeyRotation)
+	if o == nil {
+		*m = KeyRotation{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateClusterRequest) Copy() *UpdateClusterRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateClusterRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateClusterRequest.
+// A nil src makes m the zero value.
+func (m *UpdateClusterRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateClusterRequest)
+	if o == nil {
+		*m = UpdateClusterRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+	m.Rotation.CopyFrom(&o.Rotation)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateClusterResponse) Copy() *UpdateClusterResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateClusterResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateClusterResponse.
+// A nil src makes m the zero value.
+func (m *UpdateClusterResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateClusterResponse)
+	if o == nil {
+		*m = UpdateClusterResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Cluster = o.Cluster.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetNetworkRequest) Copy() *GetNetworkRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetNetworkRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetNetworkRequest.
+// A nil src makes m the zero value.
+func (m *GetNetworkRequest) CopyFrom(src interface{}) {
+	o := src.(*GetNetworkRequest)
+	if o == nil {
+		*m = GetNetworkRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetNetworkResponse) Copy() *GetNetworkResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetNetworkResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetNetworkResponse.
+// A nil src makes m the zero value.
+func (m *GetNetworkResponse) CopyFrom(src interface{}) {
+	o := src.(*GetNetworkResponse)
+	if o == nil {
+		*m = GetNetworkResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Network = o.Network.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNetworksRequest) Copy() *ListNetworksRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListNetworksRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNetworksRequest.
+// A nil src makes m the zero value.
+func (m *ListNetworksRequest) CopyFrom(src interface{}) {
+	o := src.(*ListNetworksRequest)
+	if o == nil {
+		*m = ListNetworksRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNetworksRequest_Filters) Copy() *ListNetworksRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListNetworksRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNetworksRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListNetworksRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListNetworksRequest_Filters)
+	if o == nil {
+		*m = ListNetworksRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListNetworksResponse) Copy() *ListNetworksResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListNetworksResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListNetworksResponse.
+// A nil src makes m the zero value.
+func (m *ListNetworksResponse) CopyFrom(src interface{}) {
+	o := src.(*ListNetworksResponse)
+	if o == nil {
+		*m = ListNetworksResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Networks != nil {
+		m.Networks = make([]*Network, len(o.Networks))
+		for i := range o.Networks {
+			m.Networks[i] = o.Networks[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateNetworkRequest) Copy() *CreateNetworkRequest {
+	if m == nil {
+		return nil
+	}
+	o := &CreateNetworkRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateNetworkRequest.
+// A nil src makes m the zero value.
+func (m *CreateNetworkRequest) CopyFrom(src interface{}) {
+	o := src.(*CreateNetworkRequest)
+	if o == nil {
+		*m = CreateNetworkRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateNetworkResponse) Copy() *CreateNetworkResponse {
+	if m == nil {
+		return nil
+	}
+	o := &CreateNetworkResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateNetworkResponse.
+// A nil src makes m the zero value.
+func (m *CreateNetworkResponse) CopyFrom(src interface{}) {
+	o := src.(*CreateNetworkResponse)
+	if o == nil {
+		*m = CreateNetworkResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Network = o.Network.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveNetworkRequest) Copy() *RemoveNetworkRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveNetworkRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveNetworkRequest.
+// A nil src makes m the zero value.
+func (m *RemoveNetworkRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveNetworkRequest)
+	if o == nil {
+		*m = RemoveNetworkRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveNetworkResponse) Copy() *RemoveNetworkResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveNetworkResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveNetworkResponse.
+// A nil src makes m the zero value.
+func (m *RemoveNetworkResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveNetworkResponse)
+	if o == nil {
+		*m = RemoveNetworkResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetSecretRequest) Copy() *GetSecretRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetSecretRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetSecretRequest.
+// A nil src makes m the zero value.
+func (m *GetSecretRequest) CopyFrom(src interface{}) {
+	o := src.(*GetSecretRequest)
+	if o == nil {
+		*m = GetSecretRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetSecretResponse) Copy() *GetSecretResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetSecretResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetSecretResponse.
+// A nil src makes m the zero value.
+func (m *GetSecretResponse) CopyFrom(src interface{}) {
+	o := src.(*GetSecretResponse)
+	if o == nil {
+		*m = GetSecretResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Secret = o.Secret.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListSecretsRequest) Copy() *ListSecretsRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListSecretsRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListSecretsRequest.
+// A nil src makes m the zero value.
+func (m *ListSecretsRequest) CopyFrom(src interface{}) {
+	o := src.(*ListSecretsRequest)
+	if o == nil {
+		*m = ListSecretsRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListSecretsRequest_Filters) Copy() *ListSecretsRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListSecretsRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListSecretsRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListSecretsRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListSecretsRequest_Filters)
+	if o == nil {
+		*m = ListSecretsRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListSecretsResponse) Copy() *ListSecretsResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListSecretsResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListSecretsResponse.
+// A nil src makes m the zero value.
+func (m *ListSecretsResponse) CopyFrom(src interface{}) {
+	o := src.(*ListSecretsResponse)
+	if o == nil {
+		*m = ListSecretsResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Secrets != nil {
+		m.Secrets = make([]*Secret, len(o.Secrets))
+		for i := range o.Secrets {
+			m.Secrets[i] = o.Secrets[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateSecretRequest) Copy() *CreateSecretRequest {
+	if m == nil {
+		return nil
+	}
+	o := &CreateSecretRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateSecretRequest.
+// A nil src makes m the zero value.
+func (m *CreateSecretRequest) CopyFrom(src interface{}) {
+	o := src.(*CreateSecretRequest)
+	if o == nil {
+		*m = CreateSecretRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateSecretResponse) Copy() *CreateSecretResponse {
+	if m == nil {
+		return nil
+	}
+	o := &CreateSecretResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateSecretResponse.
+// A nil src makes m the zero value.
+func (m *CreateSecretResponse) CopyFrom(src interface{}) {
+	o := src.(*CreateSecretResponse)
+	if o == nil {
+		*m = CreateSecretResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Secret = o.Secret.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateSecretRequest) Copy() *UpdateSecretRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateSecretRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateSecretRequest.
+// A nil src makes m the zero value.
+func (m *UpdateSecretRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateSecretRequest)
+	if o == nil {
+		*m = UpdateSecretRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateSecretResponse) Copy() *UpdateSecretResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateSecretResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateSecretResponse.
+// A nil src makes m the zero value.
+func (m *UpdateSecretResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateSecretResponse)
+	if o == nil {
+		*m = UpdateSecretResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Secret = o.Secret.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveSecretRequest) Copy() *RemoveSecretRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveSecretRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveSecretRequest.
+// A nil src makes m the zero value.
+func (m *RemoveSecretRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveSecretRequest)
+	if o == nil {
+		*m = RemoveSecretRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveSecretResponse) Copy() *RemoveSecretResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveSecretResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveSecretResponse.
+// A nil src makes m the zero value.
+func (m *RemoveSecretResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveSecretResponse)
+	if o == nil {
+		*m = RemoveSecretResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetConfigRequest) Copy() *GetConfigRequest {
+	if m == nil {
+		return nil
+	}
+	o := &GetConfigRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetConfigRequest.
+// A nil src makes m the zero value.
+func (m *GetConfigRequest) CopyFrom(src interface{}) {
+	o := src.(*GetConfigRequest)
+	if o == nil {
+		*m = GetConfigRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GetConfigResponse) Copy() *GetConfigResponse {
+	if m == nil {
+		return nil
+	}
+	o := &GetConfigResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GetConfigResponse.
+// A nil src makes m the zero value.
+func (m *GetConfigResponse) CopyFrom(src interface{}) {
+	o := src.(*GetConfigResponse)
+	if o == nil {
+		*m = GetConfigResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Config = o.Config.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListConfigsRequest) Copy() *ListConfigsRequest {
+	if m == nil {
+		return nil
+	}
+	o := &ListConfigsRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListConfigsRequest.
+// A nil src makes m the zero value.
+func (m *ListConfigsRequest) CopyFrom(src interface{}) {
+	o := src.(*ListConfigsRequest)
+	if o == nil {
+		*m = ListConfigsRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Filters = o.Filters.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListConfigsRequest_Filters) Copy() *ListConfigsRequest_Filters {
+	if m == nil {
+		return nil
+	}
+	o := &ListConfigsRequest_Filters{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListConfigsRequest_Filters.
+// A nil src makes m the zero value.
+func (m *ListConfigsRequest_Filters) CopyFrom(src interface{}) {
+	o := src.(*ListConfigsRequest_Filters)
+	if o == nil {
+		*m = ListConfigsRequest_Filters{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.ListFilters.CopyFrom(&o.ListFilters)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ListConfigsResponse) Copy() *ListConfigsResponse {
+	if m == nil {
+		return nil
+	}
+	o := &ListConfigsResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ListConfigsResponse.
+// A nil src makes m the zero value.
+func (m *ListConfigsResponse) CopyFrom(src interface{}) {
+	o := src.(*ListConfigsResponse)
+	if o == nil {
+		*m = ListConfigsResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Configs != nil {
+		m.Configs = make([]*Config, len(o.Configs))
+		for i := range o.Configs {
+			m.Configs[i] = o.Configs[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateConfigRequest) Copy() *CreateConfigRequest {
+	if m == nil {
+		return nil
+	}
+	o := &CreateConfigRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateConfigRequest.
+// A nil src makes m the zero value.
+func (m *CreateConfigRequest) CopyFrom(src interface{}) {
+	o := src.(*CreateConfigRequest)
+	if o == nil {
+		*m = CreateConfigRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CreateConfigResponse) Copy() *CreateConfigResponse {
+	if m == nil {
+		return nil
+	}
+	o := &CreateConfigResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CreateConfigResponse.
+// A nil src makes m the zero value.
+func (m *CreateConfigResponse) CopyFrom(src interface{}) {
+	o := src.(*CreateConfigResponse)
+	if o == nil {
+		*m = CreateConfigResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Config = o.Config.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateConfigRequest) Copy() *UpdateConfigRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateConfigRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateConfigRequest.
+// A nil src makes m the zero value.
+func (m *UpdateConfigRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateConfigRequest)
+	if o == nil {
+		*m = UpdateConfigRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateConfigResponse) Copy() *UpdateConfigResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateConfigResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateConfigResponse.
+// A nil src makes m the zero value.
+func (m *UpdateConfigResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateConfigResponse)
+	if o == nil {
+		*m = UpdateConfigResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Config = o.Config.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveConfigRequest) Copy() *RemoveConfigRequest {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveConfigRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveConfigRequest.
+// A nil src makes m the zero value.
+func (m *RemoveConfigRequest) CopyFrom(src interface{}) {
+	o := src.(*RemoveConfigRequest)
+	if o == nil {
+		*m = RemoveConfigRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RemoveConfigResponse) Copy() *RemoveConfigResponse {
+	if m == nil {
+		return nil
+	}
+	o := &RemoveConfigResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RemoveConfigResponse.
+// A nil src makes m the zero value.
+func (m *RemoveConfigResponse) CopyFrom(src interface{}) {
+	o := src.(*RemoveConfigResponse)
+	if o == nil {
+		*m = RemoveConfigResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
 // Reference imports to suppress errors if they are not otherwise used.
 var _ context.Context
 var _ grpc.ClientConn

@@ -1232,6 +1232,419 @@ var fileDescriptor_7da965bc36916fc1 = []byte{
 	0x0f, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Node) Copy() *Node {
+	if m == nil {
+		return nil
+	}
+	o := &Node{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Node.
+// A nil src makes m the zero value.
+func (m *Node) CopyFrom(src interface{}) {
+	o := src.(*Node)
+	if o == nil {
+		*m = Node{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+	m.Description = o.Description.Copy()
+	m.Status.CopyFrom(&o.Status)
+	m.ManagerStatus = o.ManagerStatus.Copy()
+	m.Certificate.CopyFrom(&o.Certificate)
+	if o.Attachments != nil {
+		m.Attachments = make([]*NetworkAttachment, len(o.Attachments))
+		for i := range o.Attachments {
+			m.Attachments[i] = o.Attachments[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NodeStatus) Copy() *NodeStatus {
+	if m == nil {
+		return nil
+	}
+	o := &NodeStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NodeStatus.
+// A nil src makes m the zero value.
+func (m *NodeStatus) CopyFrom(src interface{}) {
+	o := src.(*NodeStatus)
+	if o == nil {
+		*m = NodeStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Service) Copy() *Service {
+	if m == nil {
+		return nil
+	}
+	o := &Service{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Service.
+// A nil src makes m the zero value.
+func (m *Service) CopyFrom(src interface{}) {
+	o := src.(*Service)
+	if o == nil {
+		*m = Service{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+	m.PreviousSpec = o.PreviousSpec.Copy()
+	m.Endpoint = o.Endpoint.Copy()
+	m.UpdateStatus = o.UpdateStatus.Copy()
+	m.JobStatus = o.JobStatus.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *JobStatus) Copy() *JobStatus {
+	if m == nil {
+		return nil
+	}
+	o := &JobStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *JobStatus.
+// A nil src makes m the zero value.
+func (m *JobStatus) CopyFrom(src interface{}) {
+	o := src.(*JobStatus)
+	if o == nil {
+		*m = JobStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.LastExecution != nil {
+		c := *o.LastExecution
+		m.LastExecution = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Endpoint) Copy() *Endpoint {
+	if m == nil {
+		return nil
+	}
+	o := &Endpoint{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Endpoint.
+// A nil src makes m the zero value.
+func (m *Endpoint) CopyFrom(src interface{}) {
+	o := src.(*Endpoint)
+	if o == nil {
+		*m = Endpoint{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Spec = o.Spec.Copy()
+	if o.Ports != nil {
+		m.Ports = make([]*PortConfig, len(o.Ports))
+		for i := range o.Ports {
+			m.Ports[i] = o.Ports[i].Copy()
+		}
+	}
+	if o.VirtualIPs != nil {
+		m.VirtualIPs = make([]*VirtualIP, len(o.VirtualIPs))
+		for i := range o.VirtualIPs {
+			m.VirtualIPs[i] = o.VirtualIPs[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Task) Copy() *Task {
+	if m == nil {
+		return nil
+	}
+	o := &Task{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Task.
+// A nil src makes m the zero value.
+func (m *Task) CopyFrom(src interface{}) {
+	o := src.(*Task)
+	if o == nil {
+		*m = Task{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+	m.Annotations.CopyFrom(&o.Annotations)
+	m.ServiceAnnotations.CopyFrom(&o.ServiceAnnotations)
+	m.Status.CopyFrom(&o.Status)
+	if o.Networks != nil {
+		m.Networks = make([]*NetworkAttachment, len(o.Networks))
+		for i := range o.Networks {
+			m.Networks[i] = o.Networks[i].Copy()
+		}
+	}
+	m.Endpoint = o.Endpoint.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Cluster) Copy() *Cluster {
+	if m == nil {
+		return nil
+	}
+	o := &Cluster{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Cluster.
+// A nil src makes m the zero value.
+func (m *Cluster) CopyFrom(src interface{}) {
+	o := src.(*Cluster)
+	if o == nil {
+		*m = Cluster{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+	m.RootCA.CopyFrom(&o.RootCA)
+	if o.NetworkBootstrapKeys != nil {
+		m.NetworkBootstrapKeys = make([]*EncryptionKey, len(o.NetworkBootstrapKeys))
+		for i := range o.NetworkBootstrapKeys {
+			m.NetworkBootstrapKeys[i] = o.NetworkBootstrapKeys[i].Copy()
+		}
+	}
+	if o.UnlockKeys != nil {
+		m.UnlockKeys = make([]*EncryptionKey, len(o.UnlockKeys))
+		for i := range o.UnlockKeys {
+			m.UnlockKeys[i] = o.UnlockKeys[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Network) Copy() *Network {
+	if m == nil {
+		return nil
+	}
+	o := &Network{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Network.
+// A nil src makes m the zero value.
+func (m *Network) CopyFrom(src interface{}) {
+	o := src.(*Network)
+	if o == nil {
+		*m = Network{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+	m.DriverState = o.DriverState.Copy()
+	m.IPAM = o.IPAM.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Secret) Copy() *Secret {
+	if m == nil {
+		return nil
+	}
+	o := &Secret{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Secret.
+// A nil src makes m the zero value.
+func (m *Secret) CopyFrom(src interface{}) {
+	o := src.(*Secret)
+	if o == nil {
+		*m = Secret{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Config) Copy() *Config {
+	if m == nil {
+		return nil
+	}
+	o := &Config{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Config.
+// A nil src makes m the zero value.
+func (m *Config) CopyFrom(src interface{}) {
+	o := src.(*Config)
+	if o == nil {
+		*m = Config{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Meta.CopyFrom(&o.Meta)
+	m.Spec.CopyFrom(&o.Spec)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NetworkAttachment) Copy() *NetworkAttachment {
+	if m == nil {
+		return nil
+	}
+	o := &NetworkAttachment{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NetworkAttachment.
+// A nil src makes m the zero value.
+func (m *NetworkAttachment) CopyFrom(src interface{}) {
+	o := src.(*NetworkAttachment)
+	if o == nil {
+		*m = NetworkAttachment{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Network = o.Network.Copy()
+	if o.Addresses != nil {
+		m.Addresses = make([]string, len(o.Addresses))
+		copy(m.Addresses, o.Addresses)
+	}
+	if o.Aliases != nil {
+		m.Aliases = make([]string, len(o.Aliases))
+		copy(m.Aliases, o.Aliases)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Object) Copy() *Object {
+	if m == nil {
+		return nil
+	}
+	o := &Object{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Object.
+// A nil src makes m the zero value.
+func (m *Object) CopyFrom(src interface{}) {
+	o := src.(*Object)
+	if o == nil {
+		*m = Object{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Object != nil {
+		switch ov := o.Object.(type) {
+		case *Object_Node:
+			if ov != nil {
+				v := *ov
+				v.Node = ov.Node.Copy()
+				m.Object = &v
+			}
+		case *Object_Service:
+			if ov != nil {
+				v := *ov
+				v.Service = ov.Service.Copy()
+				m.Object = &v
+			}
+		case *Object_Task:
+			if ov != nil {
+				v := *ov
+				v.Task = ov.Task.Copy()
+				m.Object = &v
+			}
+		case *Object_Cluster:
+			if ov != nil {
+				v := *ov
+				v.Cluster = ov.Cluster.Copy()
+				m.Object = &v
+			}
+		case *Object_Network:
+			if ov != nil {
+				v := *ov
+				v.Network = ov.Network.Copy()
+				m.Object = &v
+			}
+		case *Object_Secret:
+			if ov != nil {
+				v := *ov
+				v.Secret = ov.Secret.Copy()
+				m.Object = &v
+			}
+		case *Object_Config:
+			if ov != nil {
+				v := *ov
+				v.Config = ov.Config.Copy()
+				m.Object = &v
+			}
+		}
+	}
+}
+
 func (m *Node) Marshal() (dAtA []byte, err error) {
 	size := m.Size()
 	dAtA = make([]byte, size)

@@ -1626,6 +1626,638 @@ var fileDescriptor_1377433e8d264d64 = []byte{
 	0x7f, 0x07, 0x00, 0x00, 0xff, 0xff, 0xa9, 0xc1, 0x35, 0x9a, 0x9e, 0x12, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NodeSpec) Copy() *NodeSpec {
+	if m == nil {
+		return nil
+	}
+	o := &NodeSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NodeSpec.
+// A nil src makes m the zero value.
+func (m *NodeSpec) CopyFrom(src interface{}) {
+	o := src.(*NodeSpec)
+	if o == nil {
+		*m = NodeSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ServiceSpec) Copy() *ServiceSpec {
+	if m == nil {
+		return nil
+	}
+	o := &ServiceSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ServiceSpec.
+// A nil src makes m the zero value.
+func (m *ServiceSpec) CopyFrom(src interface{}) {
+	o := src.(*ServiceSpec)
+	if o == nil {
+		*m = ServiceSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+	m.Task.CopyFrom(&o.Task)
+	m.Mode.CopyFrom(&o.Mode)
+	m.Update = o.Update.Copy()
+	m.Rollback = o.Rollback.Copy()
+	if o.Networks != nil {
+		m.Networks = make([]*NetworkAttachmentConfig, len(o.Networks))
+		for i := range o.Networks {
+			m.Networks[i] = o.Networks[i].Copy()
+		}
+	}
+	m.Endpoint = o.Endpoint.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ServiceMode) Copy() *ServiceMode {
+	if m == nil {
+		return nil
+	}
+	o := &ServiceMode{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ServiceMode.
+// A nil src makes m the zero value.
+func (m *ServiceMode) CopyFrom(src interface{}) {
+	o := src.(*ServiceMode)
+	if o == nil {
+		*m = ServiceMode{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Mode != nil {
+		switch ov := o.Mode.(type) {
+		case *ServiceMode_Replicated:
+			if ov != nil {
+				v := *ov
+				v.Replicated = ov.Replicated.Copy()
+				m.Mode = &v
+			}
+		case *ServiceMode_Global:
+			if ov != nil {
+				v := *ov
+				v.Global = ov.Global.Copy()
+				m.Mode = &v
+			}
+		case *ServiceMode_ReplicatedJob:
+			if ov != nil {
+				v := *ov
+				v.ReplicatedJob = ov.ReplicatedJob.Copy()
+				m.Mode = &v
+			}
+		case *ServiceMode_GlobalJob:
+			if ov != nil {
+				v := *ov
+				v.GlobalJob = ov.GlobalJob.Copy()
+				m.Mode = &v
+			}
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ReplicatedService) Copy() *ReplicatedService {
+	if m == nil {
+		return nil
+	}
+	o := &ReplicatedService{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ReplicatedService.
+// A nil src makes m the zero value.
+func (m *ReplicatedService) CopyFrom(src interface{}) {
+	o := src.(*ReplicatedService)
+	if o == nil {
+		*m = ReplicatedService{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GlobalService) Copy() *GlobalService {
+	if m == nil {
+		return nil
+	}
+	o := &GlobalService{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GlobalService.
+// A nil src makes m the zero value.
+func (m *GlobalService) CopyFrom(src interface{}) {
+	o := src.(*GlobalService)
+	if o == nil {
+		*m = GlobalService{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ReplicatedJob) Copy() *ReplicatedJob {
+	if m == nil {
+		return nil
+	}
+	o := &ReplicatedJob{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ReplicatedJob.
+// A nil src makes m the zero value.
+func (m *ReplicatedJob) CopyFrom(src interface{}) {
+	o := src.(*ReplicatedJob)
+	if o == nil {
+		*m = ReplicatedJob{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *GlobalJob) Copy() *GlobalJob {
+	if m == nil {
+		return nil
+	}
+	o := &GlobalJob{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *GlobalJob.
+// A nil src makes m the zero value.
+func (m *GlobalJob) CopyFrom(src interface{}) {
+	o := src.(*GlobalJob)
+	if o == nil {
+		*m = GlobalJob{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *TaskSpec) Copy() *TaskSpec {
+	if m == nil {
+		return nil
+	}
+	o := &TaskSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *TaskSpec.
+// A nil src makes m the zero value.
+func (m *TaskSpec) CopyFrom(src interface{}) {
+	o := src.(*TaskSpec)
+	if o == nil {
+		*m = TaskSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Container = o.Container.Copy()
+	m.Resources = o.Resources.Copy()
+	m.Restart = o.Restart.Copy()
+	m.Placement = o.Placement.Copy()
+	if o.Networks != nil {
+		m.Networks = make([]*NetworkAttachmentConfig, len(o.Networks))
+		for i := range o.Networks {
+			m.Networks[i] = o.Networks[i].Copy()
+		}
+	}
+	m.LogDriver = o.LogDriver.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ContainerSpec) Copy() *ContainerSpec {
+	if m == nil {
+		return nil
+	}
+	o := &ContainerSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ContainerSpec.
+// A nil src makes m the zero value.
+func (m *ContainerSpec) CopyFrom(src interface{}) {
+	o := src.(*ContainerSpec)
+	if o == nil {
+		*m = ContainerSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Labels != nil {
+		m.Labels = make(map[string]string, len(o.Labels))
+		for k, v := range o.Labels {
+			m.Labels[k] = v
+		}
+	}
+	if o.Command != nil {
+		m.Command = make([]string, len(o.Command))
+		copy(m.Command, o.Command)
+	}
+	if o.Args != nil {
+		m.Args = make([]string, len(o.Args))
+		copy(m.Args, o.Args)
+	}
+	if o.Env != nil {
+		m.Env = make([]string, len(o.Env))
+		copy(m.Env, o.Env)
+	}
+	if o.Groups != nil {
+		m.Groups = make([]string, len(o.Groups))
+		copy(m.Groups, o.Groups)
+	}
+	if o.Mounts != nil {
+		m.Mounts = make([]Mount, len(o.Mounts))
+		for i := range o.Mounts {
+			m.Mounts[i].CopyFrom(&o.Mounts[i])
+		}
+	}
+	if o.StopGracePeriod != nil {
+		c := *o.StopGracePeriod
+		m.StopGracePeriod = &c
+	}
+	m.Healthcheck = o.Healthcheck.Copy()
+	if o.Secrets != nil {
+		m.Secrets = make([]*SecretReference, len(o.Secrets))
+		for i := range o.Secrets {
+			m.Secrets[i] = o.Secrets[i].Copy()
+		}
+	}
+	if o.Configs != nil {
+		m.Configs = make([]*ConfigReference, len(o.Configs))
+		for i := range o.Configs {
+			m.Configs[i] = o.Configs[i].Copy()
+		}
+	}
+	if o.Sysctls != nil {
+		m.Sysctls = make(map[string]string, len(o.Sysctls))
+		for k, v := range o.Sysctls {
+			m.Sysctls[k] = v
+		}
+	}
+	if o.CapabilityAdd != nil {
+		m.CapabilityAdd = make([]string, len(o.CapabilityAdd))
+		copy(m.CapabilityAdd, o.CapabilityAdd)
+	}
+	if o.CapabilityDrop != nil {
+		m.CapabilityDrop = make([]string, len(o.CapabilityDrop))
+		copy(m.CapabilityDrop, o.CapabilityDrop)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *EndpointSpec) Copy() *EndpointSpec {
+	if m == nil {
+		return nil
+	}
+	o := &EndpointSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *EndpointSpec.
+// A nil src makes m the zero value.
+func (m *EndpointSpec) CopyFrom(src interface{}) {
+	o := src.(*EndpointSpec)
+	if o == nil {
+		*m = EndpointSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Ports != nil {
+		m.Ports = make([]*PortConfig, len(o.Ports))
+		for i := range o.Ports {
+			m.Ports[i] = o.Ports[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ClusterSpec) Copy() *ClusterSpec {
+	if m == nil {
+		return nil
+	}
+	o := &ClusterSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ClusterSpec.
+// A nil src makes m the zero value.
+func (m *ClusterSpec) CopyFrom(src interface{}) {
+	o := src.(*ClusterSpec)
+	if o == nil {
+		*m = ClusterSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+	m.Orchestration.CopyFrom(&o.Orchestration)
+	m.Raft.CopyFrom(&o.Raft)
+	m.Dispatcher.CopyFrom(&o.Dispatcher)
+	m.CAConfig.CopyFrom(&o.CAConfig)
+	m.EncryptionConfig.CopyFrom(&o.EncryptionConfig)
+	m.TaskDefaults.CopyFrom(&o.TaskDefaults)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *OrchestrationConfig) Copy() *OrchestrationConfig {
+	if m == nil {
+		return nil
+	}
+	o := &OrchestrationConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *OrchestrationConfig.
+// A nil src makes m the zero value.
+func (m *OrchestrationConfig) CopyFrom(src interface{}) {
+	o := src.(*OrchestrationConfig)
+	if o == nil {
+		*m = OrchestrationConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RaftConfig) Copy() *RaftConfig {
+	if m == nil {
+		return nil
+	}
+	o := &RaftConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RaftConfig.
+// A nil src makes m the zero value.
+func (m *RaftConfig) CopyFrom(src interface{}) {
+	o := src.(*RaftConfig)
+	if o == nil {
+		*m = RaftConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *DispatcherConfig) Copy() *DispatcherConfig {
+	if m == nil {
+		return nil
+	}
+	o := &DispatcherConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *DispatcherConfig.
+// A nil src makes m the zero value.
+func (m *DispatcherConfig) CopyFrom(src interface{}) {
+	o := src.(*DispatcherConfig)
+	if o == nil {
+		*m = DispatcherConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.HeartbeatPeriod != nil {
+		c := *o.HeartbeatPeriod
+		m.HeartbeatPeriod = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *CAConfig) Copy() *CAConfig {
+	if m == nil {
+		return nil
+	}
+	o := &CAConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *CAConfig.
+// A nil src makes m the zero value.
+func (m *CAConfig) CopyFrom(src interface{}) {
+	o := src.(*CAConfig)
+	if o == nil {
+		*m = CAConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.NodeCertExpiry != nil {
+		c := *o.NodeCertExpiry
+		m.NodeCertExpiry = &c
+	}
+	if o.ExternalCAs != nil {
+		m.ExternalCAs = make([]*ExternalCA, len(o.ExternalCAs))
+		for i := range o.ExternalCAs {
+			m.ExternalCAs[i] = o.ExternalCAs[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *EncryptionConfig) Copy() *EncryptionConfig {
+	if m == nil {
+		return nil
+	}
+	o := &EncryptionConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *EncryptionConfig.
+// A nil src makes m the zero value.
+func (m *EncryptionConfig) CopyFrom(src interface{}) {
+	o := src.(*EncryptionConfig)
+	if o == nil {
+		*m = EncryptionConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *TaskDefaults) Copy() *TaskDefaults {
+	if m == nil {
+		return nil
+	}
+	o := &TaskDefaults{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *TaskDefaults.
+// A nil src makes m the zero value.
+func (m *TaskDefaults) CopyFrom(src interface{}) {
+	o := src.(*TaskDefaults)
+	if o == nil {
+		*m = TaskDefaults{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.LogDriver = o.LogDriver.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NetworkSpec) Copy() *NetworkSpec {
+	if m == nil {
+		return nil
+	}
+	o := &NetworkSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NetworkSpec.
+// A nil src makes m the zero value.
+func (m *NetworkSpec) CopyFrom(src interface{}) {
+	o := src.(*NetworkSpec)
+	if o == nil {
+		*m = NetworkSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+	m.DriverConfig = o.DriverConfig.Copy()
+	m.IPAM = o.IPAM.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *SecretSpec) Copy() *SecretSpec {
+	if m == nil {
+		return nil
+	}
+	o := &SecretSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *SecretSpec.
+// A nil src makes m the zero value.
+func (m *SecretSpec) CopyFrom(src interface{}) {
+	o := src.(*SecretSpec)
+	if o == nil {
+		*m = SecretSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+	if o.Data != nil {
+		m.Data = make([]byte, len(o.Data))
+		copy(m.Data, o.Data)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ConfigSpec) Copy() *ConfigSpec {
+	if m == nil {
+		return nil
+	}
+	o := &ConfigSpec{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ConfigSpec.
+// A nil src makes m the zero value.
+func (m *ConfigSpec) CopyFrom(src interface{}) {
+	o := src.(*ConfigSpec)
+	if o == nil {
+		*m = ConfigSpec{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Annotations.CopyFrom(&o.Annotations)
+	if o.Data != nil {
+		m.Data = make([]byte, len(o.Data))
+		copy(m.Data, o.Data)
+	}
+}
+
 func (m *NodeSpec) Marshal() (dAtA []byte, err error) {
 	size := m.Size()
 	dAtA = make([]byte, size)

@@ -301,6 +301,127 @@ var fileDescriptor_98bbca36ef968dfc = []byte{
 	0xdc, 0xf3, 0xdf, 0x01, 0x00, 0x00, 0xff, 0xff, 0xe0, 0x44, 0x34, 0x39, 0xb2, 0x03, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *StoreAction) Copy() *StoreAction {
+	if m == nil {
+		return nil
+	}
+	o := &StoreAction{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *StoreAction.
+// A nil src makes m the zero value.
+func (m *StoreAction) CopyFrom(src interface{}) {
+	o := src.(*StoreAction)
+	if o == nil {
+		*m = StoreAction{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Target.CopyFrom(&o.Target)
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *StoreTransaction) Copy() *StoreTransaction {
+	if m == nil {
+		return nil
+	}
+	o := &StoreTransaction{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *StoreTransaction.
+// A nil src makes m the zero value.
+func (m *StoreTransaction) CopyFrom(src interface{}) {
+	o := src.(*StoreTransaction)
+	if o == nil {
+		*m = StoreTransaction{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Actions != nil {
+		m.Actions = make([]StoreAction, len(o.Actions))
+		for i := range o.Actions {
+			m.Actions[i].CopyFrom(&o.Actions[i])
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *StoreSnapshot) Copy() *StoreSnapshot {
+	if m == nil {
+		return nil
+	}
+	o := &StoreSnapshot{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *StoreSnapshot.
+// A nil src makes m the zero value.
+func (m *StoreSnapshot) CopyFrom(src interface{}) {
+	o := src.(*StoreSnapshot)
+	if o == nil {
+		*m = StoreSnapshot{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Nodes != nil {
+		m.Nodes = make([]*Node, len(o.Nodes))
+		for i := range o.Nodes {
+			m.Nodes[i] = o.Nodes[i].Copy()
+		}
+	}
+	if o.Services != nil {
+		m.Services = make([]*Service, len(o.Services))
+		for i := range o.Services {
+			m.Services[i] = o.Services[i].Copy()
+		}
+	}
+	if o.Tasks != nil {
+		m.Tasks = make([]*Task, len(o.Tasks))
+		for i := range o.Tasks {
+			m.Tasks[i] = o.Tasks[i].Copy()
+		}
+	}
+	if o.Clusters != nil {
+		m.Clusters = make([]*Cluster, len(o.Clusters))
+		for i := range o.Clusters {
+			m.Clusters[i] = o.Clusters[i].Copy()
+		}
+	}
+	if o.Networks != nil {
+		m.Networks = make([]*Network, len(o.Networks))
+		for i := range o.Networks {
+			m.Networks[i] = o.Networks[i].Copy()
+		}
+	}
+	if o.Secrets != nil {
+		m.Secrets = make([]*Secret, len(o.Secrets))
+		for i := range o.Secrets {
+			m.Secrets[i] = o.Secrets[i].Copy()
+		}
+	}
+	if o.Configs != nil {
+		m.Configs = make([]*Config, len(o.Configs))
+		for i := range o.Configs {
+			m.Configs[i] = o.Configs[i].Copy()
+		}
+	}
+}
+
 func (m *StoreAction) Marshal() (dAtA []byte, err error) {
 	size := m.Size()
 	dAtA = make([]byte, size)

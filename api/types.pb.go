@@ -2905,6 +2905,979 @@ var fileDescriptor_d938547f84707355 = []byte{
 	0xff, 0x13, 0x00, 0x00, 0xff, 0xff, 0x5c, 0x01, 0x0e, 0x75, 0x73, 0x20, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Meta) Copy() *Meta {
+	if m == nil {
+		return nil
+	}
+	o := &Meta{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Meta.
+// A nil src makes m the zero value.
+func (m *Meta) CopyFrom(src interface{}) {
+	o := src.(*Meta)
+	if o == nil {
+		*m = Meta{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.CreatedAt != nil {
+		c := *o.CreatedAt
+		m.CreatedAt = &c
+	}
+	if o.UpdatedAt != nil {
+		c := *o.UpdatedAt
+		m.UpdatedAt = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Annotations) Copy() *Annotations {
+	if m == nil {
+		return nil
+	}
+	o := &Annotations{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Annotations.
+// A nil src makes m the zero value.
+func (m *Annotations) CopyFrom(src interface{}) {
+	o := src.(*Annotations)
+	if o == nil {
+		*m = Annotations{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Labels != nil {
+		m.Labels = make(map[string]string, len(o.Labels))
+		for k, v := range o.Labels {
+			m.Labels[k] = v
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Platform) Copy() *Platform {
+	if m == nil {
+		return nil
+	}
+	o := &Platform{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Platform.
+// A nil src makes m the zero value.
+func (m *Platform) CopyFrom(src interface{}) {
+	o := src.(*Platform)
+	if o == nil {
+		*m = Platform{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Resources) Copy() *Resources {
+	if m == nil {
+		return nil
+	}
+	o := &Resources{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Resources.
+// A nil src makes m the zero value.
+func (m *Resources) CopyFrom(src interface{}) {
+	o := src.(*Resources)
+	if o == nil {
+		*m = Resources{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ResourceRequirements) Copy() *ResourceRequirements {
+	if m == nil {
+		return nil
+	}
+	o := &ResourceRequirements{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ResourceRequirements.
+// A nil src makes m the zero value.
+func (m *ResourceRequirements) CopyFrom(src interface{}) {
+	o := src.(*ResourceRequirements)
+	if o == nil {
+		*m = ResourceRequirements{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Limits = o.Limits.Copy()
+	m.Reservations = o.Reservations.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *EngineDescription) Copy() *EngineDescription {
+	if m == nil {
+		return nil
+	}
+	o := &EngineDescription{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *EngineDescription.
+// A nil src makes m the zero value.
+func (m *EngineDescription) CopyFrom(src interface{}) {
+	o := src.(*EngineDescription)
+	if o == nil {
+		*m = EngineDescription{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Labels != nil {
+		m.Labels = make(map[string]string, len(o.Labels))
+		for k, v := range o.Labels {
+			m.Labels[k] = v
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NodeDescription) Copy() *NodeDescription {
+	if m == nil {
+		return nil
+	}
+	o := &NodeDescription{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NodeDescription.
+// A nil src makes m the zero value.
+func (m *NodeDescription) CopyFrom(src interface{}) {
+	o := src.(*NodeDescription)
+	if o == nil {
+		*m = NodeDescription{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Platform = o.Platform.Copy()
+	m.Resources = o.Resources.Copy()
+	m.Engine = o.Engine.Copy()
+	m.TLSInfo = o.TLSInfo.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NodeTLSInfo) Copy() *NodeTLSInfo {
+	if m == nil {
+		return nil
+	}
+	o := &NodeTLSInfo{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NodeTLSInfo.
+// A nil src makes m the zero value.
+func (m *NodeTLSInfo) CopyFrom(src interface{}) {
+	o := src.(*NodeTLSInfo)
+	if o == nil {
+		*m = NodeTLSInfo{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.TrustRoot != nil {
+		m.TrustRoot = make([]byte, len(o.TrustRoot))
+		copy(m.TrustRoot, o.TrustRoot)
+	}
+	if o.CertIssuerSubject != nil {
+		m.CertIssuerSubject = make([]byte, len(o.CertIssuerSubject))
+		copy(m.CertIssuerSubject, o.CertIssuerSubject)
+	}
+	if o.CertIssuerPublicKey != nil {
+		m.CertIssuerPublicKey = make([]byte, len(o.CertIssuerPublicKey))
+		copy(m.CertIssuerPublicKey, o.CertIssuerPublicKey)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ContainerStatus) Copy() *ContainerStatus {
+	if m == nil {
+		return nil
+	}
+	o := &ContainerStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ContainerStatus.
+// A nil src makes m the zero value.
+func (m *ContainerStatus) CopyFrom(src interface{}) {
+	o := src.(*ContainerStatus)
+	if o == nil {
+		*m = ContainerStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *PortStatus) Copy() *PortStatus {
+	if m == nil {
+		return nil
+	}
+	o := &PortStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *PortStatus.
+// A nil src makes m the zero value.
+func (m *PortStatus) CopyFrom(src interface{}) {
+	o := src.(*PortStatus)
+	if o == nil {
+		*m = PortStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Ports != nil {
+		m.Ports = make([]*PortConfig, len(o.Ports))
+		for i := range o.Ports {
+			m.Ports[i] = o.Ports[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *TaskStatus) Copy() *TaskStatus {
+	if m == nil {
+		return nil
+	}
+	o := &TaskStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *TaskStatus.
+// A nil src makes m the zero value.
+func (m *TaskStatus) CopyFrom(src interface{}) {
+	o := src.(*TaskStatus)
+	if o == nil {
+		*m = TaskStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Timestamp != nil {
+		c := *o.Timestamp
+		m.Timestamp = &c
+	}
+	m.ContainerStatus = o.ContainerStatus.Copy()
+	m.PortStatus = o.PortStatus.Copy()
+	if o.AppliedAt != nil {
+		c := *o.AppliedAt
+		m.AppliedAt = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Mount) Copy() *Mount {
+	if m == nil {
+		return nil
+	}
+	o := &Mount{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Mount.
+// A nil src makes m the zero value.
+func (m *Mount) CopyFrom(src interface{}) {
+	o := src.(*Mount)
+	if o == nil {
+		*m = Mount{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.VolumeLabels != nil {
+		m.VolumeLabels = make(map[string]string, len(o.VolumeLabels))
+		for k, v := range o.VolumeLabels {
+			m.VolumeLabels[k] = v
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RestartPolicy) Copy() *RestartPolicy {
+	if m == nil {
+		return nil
+	}
+	o := &RestartPolicy{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RestartPolicy.
+// A nil src makes m the zero value.
+func (m *RestartPolicy) CopyFrom(src interface{}) {
+	o := src.(*RestartPolicy)
+	if o == nil {
+		*m = RestartPolicy{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Delay != nil {
+		c := *o.Delay
+		m.Delay = &c
+	}
+	if o.Window != nil {
+		c := *o.Window
+		m.Window = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateConfig) Copy() *UpdateConfig {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateConfig.
+// A nil src makes m the zero value.
+func (m *UpdateConfig) CopyFrom(src interface{}) {
+	o := src.(*UpdateConfig)
+	if o == nil {
+		*m = UpdateConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Delay != nil {
+		c := *o.Delay
+		m.Delay = &c
+	}
+	if o.Monitor != nil {
+		c := *o.Monitor
+		m.Monitor = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateStatus) Copy() *UpdateStatus {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateStatus.
+// A nil src makes m the zero value.
+func (m *UpdateStatus) CopyFrom(src interface{}) {
+	o := src.(*UpdateStatus)
+	if o == nil {
+		*m = UpdateStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.StartedAt != nil {
+		c := *o.StartedAt
+		m.StartedAt = &c
+	}
+	if o.CompletedAt != nil {
+		c := *o.CompletedAt
+		m.CompletedAt = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *PortConfig) Copy() *PortConfig {
+	if m == nil {
+		return nil
+	}
+	o := &PortConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *PortConfig.
+// A nil src makes m the zero value.
+func (m *PortConfig) CopyFrom(src interface{}) {
+	o := src.(*PortConfig)
+	if o == nil {
+		*m = PortConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *HealthConfig) Copy() *HealthConfig {
+	if m == nil {
+		return nil
+	}
+	o := &HealthConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *HealthConfig.
+// A nil src makes m the zero value.
+func (m *HealthConfig) CopyFrom(src interface{}) {
+	o := src.(*HealthConfig)
+	if o == nil {
+		*m = HealthConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Test != nil {
+		m.Test = make([]string, len(o.Test))
+		copy(m.Test, o.Test)
+	}
+	if o.Interval != nil {
+		c := *o.Interval
+		m.Interval = &c
+	}
+	if o.Timeout != nil {
+		c := *o.Timeout
+		m.Timeout = &c
+	}
+	if o.StartPeriod != nil {
+		c := *o.StartPeriod
+		m.StartPeriod = &c
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Placement) Copy() *Placement {
+	if m == nil {
+		return nil
+	}
+	o := &Placement{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Placement.
+// A nil src makes m the zero value.
+func (m *Placement) CopyFrom(src interface{}) {
+	o := src.(*Placement)
+	if o == nil {
+		*m = Placement{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Constraints != nil {
+		m.Constraints = make([]string, len(o.Constraints))
+		copy(m.Constraints, o.Constraints)
+	}
+	if o.Preferences != nil {
+		m.Preferences = make([]*PlacementPreference, len(o.Preferences))
+		for i := range o.Preferences {
+			m.Preferences[i] = o.Preferences[i].Copy()
+		}
+	}
+	if o.Platforms != nil {
+		m.Platforms = make([]*Platform, len(o.Platforms))
+		for i := range o.Platforms {
+			m.Platforms[i] = o.Platforms[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *PlacementPreference) Copy() *PlacementPreference {
+	if m == nil {
+		return nil
+	}
+	o := &PlacementPreference{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *PlacementPreference.
+// A nil src makes m the zero value.
+func (m *PlacementPreference) CopyFrom(src interface{}) {
+	o := src.(*PlacementPreference)
+	if o == nil {
+		*m = PlacementPreference{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *SecretReference) Copy() *SecretReference {
+	if m == nil {
+		return nil
+	}
+	o := &SecretReference{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *SecretReference.
+// A nil src makes m the zero value.
+func (m *SecretReference) CopyFrom(src interface{}) {
+	o := src.(*SecretReference)
+	if o == nil {
+		*m = SecretReference{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ConfigReference) Copy() *ConfigReference {
+	if m == nil {
+		return nil
+	}
+	o := &ConfigReference{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ConfigReference.
+// A nil src makes m the zero value.
+func (m *ConfigReference) CopyFrom(src interface{}) {
+	o := src.(*ConfigReference)
+	if o == nil {
+		*m = ConfigReference{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *NetworkAttachmentConfig) Copy() *NetworkAttachmentConfig {
+	if m == nil {
+		return nil
+	}
+	o := &NetworkAttachmentConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *NetworkAttachmentConfig.
+// A nil src makes m the zero value.
+func (m *NetworkAttachmentConfig) CopyFrom(src interface{}) {
+	o := src.(*NetworkAttachmentConfig)
+	if o == nil {
+		*m = NetworkAttachmentConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Aliases != nil {
+		m.Aliases = make([]string, len(o.Aliases))
+		copy(m.Aliases, o.Aliases)
+	}
+	if o.Addresses != nil {
+		m.Addresses = make([]string, len(o.Addresses))
+		copy(m.Addresses, o.Addresses)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *VirtualIP) Copy() *VirtualIP {
+	if m == nil {
+		return nil
+	}
+	o := &VirtualIP{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *VirtualIP.
+// A nil src makes m the zero value.
+func (m *VirtualIP) CopyFrom(src interface{}) {
+	o := src.(*VirtualIP)
+	if o == nil {
+		*m = VirtualIP{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Driver) Copy() *Driver {
+	if m == nil {
+		return nil
+	}
+	o := &Driver{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Driver.
+// A nil src makes m the zero value.
+func (m *Driver) CopyFrom(src interface{}) {
+	o := src.(*Driver)
+	if o == nil {
+		*m = Driver{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Options != nil {
+		m.Options = make(map[string]string, len(o.Options))
+		for k, v := range o.Options {
+			m.Options[k] = v
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *IPAMConfig) Copy() *IPAMConfig {
+	if m == nil {
+		return nil
+	}
+	o := &IPAMConfig{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *IPAMConfig.
+// A nil src makes m the zero value.
+func (m *IPAMConfig) CopyFrom(src interface{}) {
+	o := src.(*IPAMConfig)
+	if o == nil {
+		*m = IPAMConfig{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *IPAMOptions) Copy() *IPAMOptions {
+	if m == nil {
+		return nil
+	}
+	o := &IPAMOptions{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *IPAMOptions.
+// A nil src makes m the zero value.
+func (m *IPAMOptions) CopyFrom(src interface{}) {
+	o := src.(*IPAMOptions)
+	if o == nil {
+		*m = IPAMOptions{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Driver = o.Driver.Copy()
+	if o.Configs != nil {
+		m.Configs = make([]*IPAMConfig, len(o.Configs))
+		for i := range o.Configs {
+			m.Configs[i] = o.Configs[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *JoinTokens) Copy() *JoinTokens {
+	if m == nil {
+		return nil
+	}
+	o := &JoinTokens{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *JoinTokens.
+// A nil src makes m the zero value.
+func (m *JoinTokens) CopyFrom(src interface{}) {
+	o := src.(*JoinTokens)
+	if o == nil {
+		*m = JoinTokens{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RootCA) Copy() *RootCA {
+	if m == nil {
+		return nil
+	}
+	o := &RootCA{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RootCA.
+// A nil src makes m the zero value.
+func (m *RootCA) CopyFrom(src interface{}) {
+	o := src.(*RootCA)
+	if o == nil {
+		*m = RootCA{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.CAKey != nil {
+		m.CAKey = make([]byte, len(o.CAKey))
+		copy(m.CAKey, o.CAKey)
+	}
+	if o.CACert != nil {
+		m.CACert = make([]byte, len(o.CACert))
+		copy(m.CACert, o.CACert)
+	}
+	m.JoinTokens.CopyFrom(&o.JoinTokens)
+	m.RootRotation = o.RootRotation.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *RootRotation) Copy() *RootRotation {
+	if m == nil {
+		return nil
+	}
+	o := &RootRotation{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *RootRotation.
+// A nil src makes m the zero value.
+func (m *RootRotation) CopyFrom(src interface{}) {
+	o := src.(*RootRotation)
+	if o == nil {
+		*m = RootRotation{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.CACert != nil {
+		m.CACert = make([]byte, len(o.CACert))
+		copy(m.CACert, o.CACert)
+	}
+	if o.CAKey != nil {
+		m.CAKey = make([]byte, len(o.CAKey))
+		copy(m.CAKey, o.CAKey)
+	}
+	if o.CrossSignedCACert != nil {
+		m.CrossSignedCACert = make([]byte, len(o.CrossSignedCACert))
+		copy(m.CrossSignedCACert, o.CrossSignedCACert)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Certificate) Copy() *Certificate {
+	if m == nil {
+		return nil
+	}
+	o := &Certificate{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Certificate.
+// A nil src makes m the zero value.
+func (m *Certificate) CopyFrom(src interface{}) {
+	o := src.(*Certificate)
+	if o == nil {
+		*m = Certificate{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.CSR != nil {
+		m.CSR = make([]byte, len(o.CSR))
+		copy(m.CSR, o.CSR)
+	}
+	if o.Certificate != nil {
+		m.Certificate = make([]byte, len(o.Certificate))
+		copy(m.Certificate, o.Certificate)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *EncryptionKey) Copy() *EncryptionKey {
+	if m == nil {
+		return nil
+	}
+	o := &EncryptionKey{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *EncryptionKey.
+// A nil src makes m the zero value.
+func (m *EncryptionKey) CopyFrom(src interface{}) {
+	o := src.(*EncryptionKey)
+	if o == nil {
+		*m = EncryptionKey{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Key != nil {
+		m.Key = make([]byte, len(o.Key))
+		copy(m.Key, o.Key)
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ManagerStatus) Copy() *ManagerStatus {
+	if m == nil {
+		return nil
+	}
+	o := &ManagerStatus{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ManagerStatus.
+// A nil src makes m the zero value.
+func (m *ManagerStatus) CopyFrom(src interface{}) {
+	o := src.(*ManagerStatus)
+	if o == nil {
+		*m = ManagerStatus{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *ExternalCA) Copy() *ExternalCA {
+	if m == nil {
+		return nil
+	}
+	o := &ExternalCA{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *ExternalCA.
+// A nil src makes m the zero value.
+func (m *ExternalCA) CopyFrom(src interface{}) {
+	o := src.(*ExternalCA)
+	if o == nil {
+		*m = ExternalCA{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Options != nil {
+		m.Options = make(map[string]string, len(o.Options))
+		for k, v := range o.Options {
+			m.Options[k] = v
+		}
+	}
+	if o.CACert != nil {
+		m.CACert = make([]byte, len(o.CACert))
+		copy(m.CACert, o.CACert)
+	}
+}
+
 func (m *Meta) Marshal() (dAtA []byte, err error) {
 	size := m.Size()
 	dAtA = make([]byte, size)

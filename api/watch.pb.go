@@ -522,6 +522,190 @@ var fileDescriptor_c826da73fff4a2c7 = []byte{
 	0xf8, 0xf7, 0xcc, 0xd8, 0x3b, 0x05, 0x00, 0x00,
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *SelectBy) Copy() *SelectBy {
+	if m == nil {
+		return nil
+	}
+	o := &SelectBy{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *SelectBy.
+// A nil src makes m the zero value.
+func (m *SelectBy) CopyFrom(src interface{}) {
+	o := src.(*SelectBy)
+	if o == nil {
+		*m = SelectBy{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.By != nil {
+		switch ov := o.By.(type) {
+		case *SelectBy_ID:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_IDPrefix:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_Name:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_NamePrefix:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_ServiceID:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_NodeID:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_DesiredState:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		case *SelectBy_Role:
+			if ov != nil {
+				v := *ov
+				m.By = &v
+			}
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *WatchRequest) Copy() *WatchRequest {
+	if m == nil {
+		return nil
+	}
+	o := &WatchRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *WatchRequest.
+// A nil src makes m the zero value.
+func (m *WatchRequest) CopyFrom(src interface{}) {
+	o := src.(*WatchRequest)
+	if o == nil {
+		*m = WatchRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Entries != nil {
+		m.Entries = make([]*WatchRequest_WatchEntry, len(o.Entries))
+		for i := range o.Entries {
+			m.Entries[i] = o.Entries[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *WatchRequest_WatchEntry) Copy() *WatchRequest_WatchEntry {
+	if m == nil {
+		return nil
+	}
+	o := &WatchRequest_WatchEntry{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *WatchRequest_WatchEntry.
+// A nil src makes m the zero value.
+func (m *WatchRequest_WatchEntry) CopyFrom(src interface{}) {
+	o := src.(*WatchRequest_WatchEntry)
+	if o == nil {
+		*m = WatchRequest_WatchEntry{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Filters != nil {
+		m.Filters = make([]*SelectBy, len(o.Filters))
+		for i := range o.Filters {
+			m.Filters[i] = o.Filters[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *WatchMessage) Copy() *WatchMessage {
+	if m == nil {
+		return nil
+	}
+	o := &WatchMessage{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *WatchMessage.
+// A nil src makes m the zero value.
+func (m *WatchMessage) CopyFrom(src interface{}) {
+	o := src.(*WatchMessage)
+	if o == nil {
+		*m = WatchMessage{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Events != nil {
+		m.Events = make([]*WatchMessage_Event, len(o.Events))
+		for i := range o.Events {
+			m.Events[i] = o.Events[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *WatchMessage_Event) Copy() *WatchMessage_Event {
+	if m == nil {
+		return nil
+	}
+	o := &WatchMessage_Event{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *WatchMessage_Event.
+// A nil src makes m the zero value.
+func (m *WatchMessage_Event) CopyFrom(src interface{}) {
+	o := src.(*WatchMessage_Event)
+	if o == nil {
+		*m = WatchMessage_Event{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Object = o.Object.Copy()
+	m.OldObject = o.OldObject.Copy()
+}
+
 // Reference imports to suppress errors if they are not otherwise used.
 var _ context.Context
 var _ grpc.ClientConn

@@ -256,7 +256,7 @@ func TestBatchFailedUpdateLeavesNothing(t *testing.T) {
 func TestWatchDeliversAndResumes(t *testing.T) {
 	s, _ := newTestStore(t)
 	ctx := context.Background()
-	_, w, err := s.Watch(0)
+	_, w, _, err := s.Watch(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +272,7 @@ func TestWatchDeliversAndResumes(t *testing.T) {
 			t.Fatalf("change %d: %+v", i, c)
 		}
 	}
-	replay, w2, err := s.Watch(1)
+	replay, w2, _, err := s.Watch(1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,13 +286,13 @@ func TestWatchHistoryGoneAndOverflow(t *testing.T) {
 	s, _ := newTestStore(t)
 	s.queue = newWatchQueue(2)
 	ctx := context.Background()
-	_, slow, _ := s.Watch(0)
+	_, slow, _, _ := s.Watch(0)
 	for i := 0; i < subscriberBuffer+5; i++ {
 		if err := s.Update(ctx, func(tx Tx) error { return tx.Create(service(fmt.Sprint(i), fmt.Sprint("s", i))) }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := s.Watch(1); !errors.Is(err, ErrHistoryGone) {
+	if _, _, _, err := s.Watch(1); !errors.Is(err, ErrHistoryGone) {
 		t.Errorf("resume from a dropped version: %v, want ErrHistoryGone", err)
 	}
 	n := 0
@@ -320,7 +320,7 @@ func TestSnapshotRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	s2, _ := newTestStore(t)
-	_, w, _ := s2.Watch(0)
+	_, w, _, _ := s2.Watch(0)
 	if err := s2.Restore(data); err != nil {
 		t.Fatal(err)
 	}

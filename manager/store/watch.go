@@ -153,11 +153,13 @@ func (q *watchQueue) subscribe(from uint64) ([]Change, *Watch, error) {
 
 // Watch subscribes to changes. With from != 0, the changes after version from
 // that are still in history come first (in the returned slice); a from older
-// than the history fails with ErrHistoryGone.
-func (s *MemoryStore) Watch(from uint64) ([]Change, *Watch, error) {
+// than the history fails with ErrHistoryGone. version is the store version at
+// which the watch starts.
+func (s *MemoryStore) Watch(from uint64) (replay []Change, w *Watch, version uint64, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queue.subscribe(from)
+	replay, w, err = s.queue.subscribe(from)
+	return replay, w, s.version.Load(), err
 }
 
 // ViewAndWatch runs cb on a snapshot and starts a watch at exactly that

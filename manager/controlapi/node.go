@@ -1,0 +1,139 @@
+package controlapi
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/api/validation"
+	"github.com/flotilla/flotilla/manager/store"
+)
+
+func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.GetNodeResponse, error) {
+	n, err := get[*api.Node](s, req.NodeID)
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetNodeResponse{Node: n}, nil
+}
+
+func (s *Server) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	f := req.Filters
+	nodes, err := list(s, func(n *api.Node) bool {
+		if f == nil {
+			return true
+		}
+		if !matchCommon(n, &f.ListFilters) {
+			return false
+		}
+		if len(f.Roles) > 0 && !contains(f.Roles, n.Role) {
+			return false
+		}
+		return len(f.Availabilities) == 0 || contains(f.Availabilities, n.Spec.Availability)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.ListNodesResponse{Nodes: nodes}, nil
+}
+
+func contains[E comparable](list []E, e E) bool {
+	for _, x := range list {
+		if x == e {
+			return true
+		}
+	}
+	return false
+}
+
+// managerCount counts the nodes that are managers or are to become ones.
+func managerCount(tx store.ReadTx) (int, error) {
+	nodes, err := store.Find[*api.Node](tx, store.All())
+	n := 0
+	for _, node := range nodes {
+		if node.Role == api.NodeRoleManager {
+			n++
+		}
+	}
+	return n, err
+}
+
+// UpdateNode changes a node's availability, labels or desired role.
+func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*api.UpdateNodeResponse, error) {
+	if req.NodeVersion == 0 {
+		return nil, status.Error(codes.InvalidArgument, "node version is required: send the meta.version you read")
+	}
+	if err := validation.NodeSpec(req.Spec); err != nil {
+		return nil, invalid(err)
+	}
+	var id, name string
+	err := s.store.Update(ctx, func(tx store.Tx) error {
+		cur, err := resolve[*api.Node](tx, req.NodeID)
+		if err != nil {
+			return err
+		}
+		id, name = cur.ID, cur.GetName()
+		if cur.Meta.Version != req.NodeVersion {
+			return status.Errorf(codes.FailedPrecondition,
+				"node %q was changed by someone else since you read it (version %d, now %d): read it again and retry",
+				name, req.NodeVersion, cur.Meta.Version)
+		}
+		if req.Spec.DesiredRole != cur.Spec.DesiredRole {
+			if err := s.checkRoleChange(tx, cur, req.Spec.DesiredRole); err != nil {
+				return err
+			}
+		}
+		cur.Spec = *req.Spec.Copy()
+		return tx.Update(cur)
+	})
+	if err != nil {
+		return nil, s.writeError(api.KindNode, name, err)
+	}
+	n, err := get[*api.Node](s, id)
+	if err != nil {
+		return nil, err
+	}
+	return &api.UpdateNodeResponse{Node: n}, nil
+}
+
+// checkRoleChange refuses role changes that would break the cluster.
+// Promotion and demotion themselves arrive with multi-manager support.
+func (s *Server) checkRoleChange(tx store.ReadTx, n *api.Node, role api.NodeRole) error {
+	if role == api.NodeRoleWorker && n.Role == api.NodeRoleManager {
+		managers, err := managerCount(tx)
+		if err != nil {
+			return err
+		}
+		if managers <= 1 {
+			return status.Errorf(codes.FailedPrecondition,
+				"node %q is the only manager: demoting it would leave the cluster without managers; promote another node first", n.GetName())
+		}
+	}
+	return status.Errorf(codes.Unimplemented, "changing the role of node %q is not supported yet by this version", n.GetName())
+}
+
+// RemoveNode forgets a node. A READY node needs force; a manager must be demoted first.
+func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
+	var name string
+	err := s.store.Update(ctx, func(tx store.Tx) error {
+		cur, err := resolve[*api.Node](tx, req.NodeID)
+		if err != nil {
+			return err
+		}
+		name = cur.GetName()
+		if cur.Role == api.NodeRoleManager {
+			return status.Errorf(codes.FailedPrecondition, "node %q is a manager: demote it before removing it", name)
+		}
+		if cur.Status.State == api.NodeStatusReady && !req.Force {
+			return status.Errorf(codes.FailedPrecondition,
+				"node %q is READY: stop it (or drain it) first, or remove it anyway with --force", name)
+		}
+		return tx.Delete(api.KindNode, cur.ID)
+	})
+	if err != nil {
+		return nil, s.writeError(api.KindNode, name, err)
+	}
+	return &api.RemoveNodeResponse{}, nil
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the system packages the build and the tests need, once.
+set -euo pipefail
+pkgs=(protobuf-compiler)
+missing=()
+for p in "${pkgs[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [[ $(id -u) -ne 0 ]]; then
+		echo "missing packages: ${missing[*]}; run as root or install them with apt-get" >&2
+		exit 1
+	fi
+	echo "installing ${missing[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
