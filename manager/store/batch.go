@@ -3,6 +3,8 @@ package store
 import (
 	"context"
 	"fmt"
+
+	"github.com/flotilla/flotilla/api"
 )
 
 // Batch writes many objects in as few proposals as MaxTransactionBytes
@@ -44,8 +46,20 @@ func (b *Batch) Update(cb func(Tx) error) error {
 			ErrInvalid, b.tx.size-size, MaxTransactionBytes)
 	}
 	b.pending++
-	// Flushing after the update that reaches the limit keeps a proposal under
-	// twice MaxTransactionBytes.
+	if b.tx.size > MaxTransactionBytes && mark > 0 {
+		// This update pushed the proposal over the limit: commit what came
+		// before it, and start the next proposal with it.
+		rest := append([]api.StoreAction(nil), b.tx.actions[mark:]...)
+		restSize := b.tx.size - size
+		b.tx.actions, b.tx.size = b.tx.actions[:mark], size
+		b.pending--
+		if err := b.flush(); err != nil {
+			return err
+		}
+		b.tx.actions, b.tx.size = rest, restSize
+		b.replay()
+		b.pending = 1
+	}
 	if b.tx.size >= MaxTransactionBytes {
 		return b.flush()
 	}
@@ -76,8 +90,13 @@ func (b *Batch) rollback(mark, size int) {
 	b.tx.txn.Abort()
 	b.tx = b.s.newWriteTx()
 	b.tx.actions, b.tx.size = actions, size
-	for i := range actions {
-		a := &actions[i]
+	b.replay()
+}
+
+// replay writes the recorded actions into the (fresh) private snapshot.
+func (b *Batch) replay() {
+	for i := range b.tx.actions {
+		a := &b.tx.actions[i]
 		// These writes succeeded on an equal snapshot, so they succeed again.
 		_ = write(b.tx.txn, a.Kind, a.Target.StoreObject(), nil, 0)
 	}

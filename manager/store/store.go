@@ -37,11 +37,12 @@ var (
 	ErrInvalid          = errors.New("invalid store action")
 )
 
-// MaxTransactionBytes bounds one Update's proposal, and is the size at which
-// Batch starts a new proposal (so a batch proposal stays under twice this).
-// Both stay under gRPC's 4 MiB default message size, so replicating a
-// proposal never needs tuning.
-const MaxTransactionBytes = 1536 << 10
+// MaxTransactionBytes bounds the encoded transaction of one proposal: an
+// Update bigger than this is refused, and Batch starts a new proposal before
+// it would exceed it. It must stay at or below the raft log's largest
+// proposal (the manager's tests check this); both stay well under gRPC's
+// 4 MiB message size, so replication never needs tuning.
+const MaxTransactionBytes = 1536<<10 - 4<<10
 
 // Proposer puts a store transaction through consensus. Propose returns after
 // the entry is committed and applied on this manager, with Apply's result.
@@ -129,7 +130,18 @@ type writeTx struct {
 func (t *writeTx) record(kind api.StoreActionKind, obj api.StoreObject) {
 	a := api.StoreAction{Kind: kind, Target: api.NewObject(obj)}
 	t.actions = append(t.actions, a)
-	t.size += a.Size()
+	// The action's size plus its field tag and length prefix in the transaction.
+	t.size += a.Size() + 1 + sovLen(a.Size())
+}
+
+// sovLen is the length of n as a protobuf varint.
+func sovLen(n int) int {
+	l := 1
+	for n >= 0x80 {
+		n >>= 7
+		l++
+	}
+	return l
 }
 
 func (t *writeTx) Create(obj api.StoreObject) error {

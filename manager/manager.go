@@ -1,0 +1,292 @@
+// Package manager runs a manager node: a raft member holding the replicated
+// store, the Control and Watch APIs on a local unix socket, and, while this
+// member is the raft leader, the leader-only loops.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	etcdraft "go.etcd.io/raft/v3"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/manager/controlapi"
+	"github.com/flotilla/flotilla/manager/store"
+	"github.com/flotilla/flotilla/manager/watchapi"
+	"github.com/flotilla/flotilla/raft"
+)
+
+// Config is what a manager needs to run.
+type Config struct {
+	// StateDir holds the raft log and snapshots (in StateDir/raft).
+	StateDir string
+	// NodeID is this node's ID; RaftID its raft member ID.
+	NodeID string
+	RaftID uint64
+	// ControlSocket is the unix socket of the Control API (mode 0600).
+	ControlSocket string
+	// RemoteListener, if set, serves the remote API (health only for now).
+	RemoteListener net.Listener
+	// AdvertiseAddr is the address other nodes reach this manager at.
+	AdvertiseAddr string
+	// Logger should carry node.id already.
+	// Description is what the node reports about itself.
+	Description *api.NodeDescription
+	// Raft timing (zero: raft package defaults).
+	TickInterval                time.Duration
+	ElectionTick, HeartbeatTick int
+	Logger                      *slog.Logger
+}
+
+// Manager is one manager node. New opens its state; Run serves until its
+// context ends.
+type Manager struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *store.MemoryStore
+	raft   *raft.Node
+	health *health.Server
+	ready  chan struct{}
+}
+
+// New opens (or creates) the manager's raft state and restores the store.
+// It starts nothing.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	m := &Manager{
+		cfg:    cfg,
+		log:    cfg.Logger.With("module", "manager"),
+		health: health.NewServer(),
+		ready:  make(chan struct{}),
+	}
+	var err error
+	m.store = store.New(proposer{m})
+	m.raft, err = raft.New(raft.Config{
+		ID:            cfg.RaftID,
+		Dir:           filepath.Join(cfg.StateDir, "raft"),
+		Peers:         []etcdraft.Peer{{ID: cfg.RaftID}},
+		TickInterval:  cfg.TickInterval,
+		ElectionTick:  cfg.ElectionTick,
+		HeartbeatTick: cfg.HeartbeatTick,
+		Logger:        cfg.Logger,
+		StateMachine:  m.store,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// proposer lets the store be built before the raft node it proposes to.
+type proposer struct{ m *Manager }
+
+func (p proposer) Propose(ctx context.Context, data []byte) error { return p.m.raft.Propose(ctx, data) }
+
+// Store is the manager's replicated store.
+func (m *Manager) Store() *store.MemoryStore { return m.store }
+
+// Ready is closed once this manager leads and has registered itself.
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
+
+// unavailable recognises write-path errors that mean "cannot write now".
+func unavailable(err error) (string, bool) {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
+		return "no leader: the cluster has not elected a leader yet or has lost quorum; retry shortly", true
+	case errors.Is(err, raft.ErrStopped):
+		return "this manager is shutting down", true
+	case errors.Is(err, syscall.ENOSPC):
+		return fmt.Sprintf("cannot write: %v", err), true
+	}
+	var se *raft.StorageError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("cannot write: %v", err), true
+	}
+	return "", false
+}
+
+// Run serves until ctx ends or a component fails; it always stops every
+// component it started before returning.
+func (m *Manager) Run(ctx context.Context) error {
+	sock, err := listenUnix(m.cfg.ControlSocket)
+	if err != nil {
+		return err
+	}
+	local := grpc.NewServer()
+	api.RegisterControlServer(local, controlapi.NewServer(m.store, unavailable))
+	api.RegisterWatchServer(local, watchapi.NewServer(m.store))
+	healthpb.RegisterHealthServer(local, m.health)
+
+	var remote *grpc.Server
+	if m.cfg.RemoteListener != nil {
+		remote = grpc.NewServer()
+		healthpb.RegisterHealthServer(remote, m.health)
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return m.raft.Run(gctx) })
+	g.Go(func() error {
+		if err := local.Serve(sock); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("control API on %s: %w", m.cfg.ControlSocket, err)
+		}
+		return nil
+	})
+	if remote != nil {
+		g.Go(func() error {
+			if err := remote.Serve(m.cfg.RemoteListener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				return fmt.Errorf("remote API on %s: %w", m.cfg.RemoteListener.Addr(), err)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { return m.leadership(gctx) })
+	g.Go(func() error {
+		<-gctx.Done()
+		m.health.Shutdown()
+		stopServer(local)
+		if remote != nil {
+			stopServer(remote)
+		}
+		return nil
+	})
+	err = g.Wait()
+	_ = os.Remove(m.cfg.ControlSocket)
+	return err
+}
+
+// stopServer lets calls in flight finish, but not streams that would run
+// forever (watches): after a grace period it closes them.
+func stopServer(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() {
+		s.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		s.Stop()
+		<-done
+	}
+}
+
+// listenUnix listens on a fresh unix socket that only the owner can use.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("control socket directory: %w", err)
+	}
+	// The caller holds the state-dir lock, so a socket file here is stale.
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale control socket %s: %w", path, err)
+	}
+	// Create the socket with no group/other bits at all, rather than chmod
+	// after the fact.
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// leaderRun is one term's run of the leader-only loops.
+type leaderRun struct {
+	cancel context.CancelFunc
+	errc   chan error
+}
+
+func (m *Manager) startLeader(ctx context.Context) *leaderRun {
+	lctx, cancel := context.WithCancel(ctx)
+	r := &leaderRun{cancel: cancel, errc: make(chan error, 1)}
+	go func() { r.errc <- m.runLeader(lctx) }()
+	return r
+}
+
+// stop cancels the loops and waits for them.
+func (r *leaderRun) stop() error {
+	r.cancel()
+	err := <-r.errc
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// leadership runs the leader-only loops exactly while this member is a
+// caught-up leader (raft's Leadership.Ready), and stops them when that ends.
+// A leader loop that fails ends Run: leadership must not go on with a dead loop.
+func (m *Manager) leadership(ctx context.Context) error {
+	var run *leaderRun
+	stop := func() {
+		if run == nil {
+			return
+		}
+		if err := run.stop(); err != nil {
+			m.log.Warn("leader loops ended with an error while stopping", "err", err)
+		}
+		run = nil
+		m.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	}
+	defer stop()
+	for {
+		l, changed := m.raft.Leadership()
+		if l.Ready && run == nil {
+			run = m.startLeader(ctx)
+		} else if !l.Ready && run != nil {
+			m.log.Info("no longer leading; stopping leader loops", "leader", fmt.Sprintf("%x", l.Leader))
+			stop()
+		}
+		var failed <-chan error
+		if run != nil {
+			failed = run.errc
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil
+		case err := <-failed:
+			run.errc <- err // for stop to collect
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("leader loop failed: %w", err)
+		}
+	}
+}
+
+// runLeader runs while this member leads, after everything committed before
+// the election has been applied.
+func (m *Manager) runLeader(ctx context.Context) error {
+	if err := m.bootstrap(ctx); err != nil {
+		return err
+	}
+	m.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	select {
+	case <-m.ready:
+	default:
+		close(m.ready)
+	}
+	m.log.Info("leading the cluster", "raft.id", fmt.Sprintf("%x", m.cfg.RaftID))
+	// Later: dispatcher, orchestrators, scheduler, allocator, CA, reaper,
+	// all under one errgroup here.
+	<-ctx.Done()
+	return ctx.Err()
+}

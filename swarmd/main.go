@@ -1,0 +1,106 @@
+// Command swarmd runs a Flotilla node. Flag parsing and wiring only: the node
+// itself is package node.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/flotilla/flotilla/node"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	app := &cli.App{
+		Name:    "swarmd",
+		Usage:   "run a Flotilla node",
+		Version: version,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "state-dir", Value: node.DefaultStateDir, EnvVars: []string{"SWARMD_STATE_DIR"}, Usage: "directory that holds the node's state"},
+			&cli.StringFlag{Name: "hostname", Usage: "node name (default: the OS hostname)"},
+			&cli.StringFlag{Name: "listen-control-api", Usage: "unix socket for swarmctl (default: <state-dir>/swarmd.sock)"},
+			&cli.StringFlag{Name: "listen-remote-api", Value: node.DefaultListenRemoteAPI, Usage: "address managers listen on for other nodes"},
+			&cli.StringFlag{Name: "advertise-remote-api", Usage: "address other nodes use to reach this one"},
+			&cli.StringFlag{Name: "join-addr", Usage: "join an existing cluster through this manager"},
+			&cli.StringFlag{Name: "join-token", Usage: "worker or manager join token"},
+			&cli.StringFlag{Name: "executor", Value: "containerd", Usage: "what runs tasks: containerd or sim (no containers)"},
+			&cli.IntFlag{Name: "heartbeat-tick", Usage: "raft ticks between leader heartbeats (default 1)"},
+			&cli.IntFlag{Name: "election-tick", Usage: "raft ticks without a leader before an election (default 10)"},
+			&cli.DurationFlag{Name: "raft-tick", Usage: "duration of one raft tick (default 100ms)"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: run,
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintf(os.Stderr, "swarmd: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: swarmd takes only flags", c.Args().First())
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("--log-level %q: use debug, info, warn or error", c.String("log-level"))
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(logger)
+
+	n, err := node.New(node.Config{
+		StateDir:           c.String("state-dir"),
+		Hostname:           c.String("hostname"),
+		ListenControlAPI:   c.String("listen-control-api"),
+		ListenRemoteAPI:    c.String("listen-remote-api"),
+		AdvertiseRemoteAPI: c.String("advertise-remote-api"),
+		JoinAddr:           c.String("join-addr"),
+		JoinToken:          c.String("join-token"),
+		Executor:           c.String("executor"),
+		TickInterval:       c.Duration("raft-tick"),
+		ElectionTick:       c.Int("election-tick"),
+		HeartbeatTick:      c.Int("heartbeat-tick"),
+		Logger:             logger,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	select {
+	case <-n.Ready():
+		sock := n.ControlSocket()
+		fmt.Fprintf(os.Stdout, "Node %s is a manager of its cluster and ready.\n", n.NodeID())
+		hint := "swarmctl node ls"
+		if abs, _ := filepath.Abs(sock); abs != filepath.Join(node.DefaultStateDir, node.ControlSocketName) {
+			hint = "swarmctl --socket " + sock + " node ls"
+		}
+		fmt.Fprintf(os.Stdout, "Control it with:\n\n    %s\n\n", strings.TrimSpace(hint))
+	case <-n.Done():
+		return n.Err()
+	case <-ctx.Done():
+	}
+	select {
+	case <-n.Done():
+		return n.Err()
+	case <-ctx.Done():
+	}
+	logger.Info("stopping", "signal", "received")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.Stop(sctx)
+}
