@@ -3,6 +3,8 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -93,6 +95,15 @@ func TestSingleManagerLifecycleWithRealBinaries(t *testing.T) {
 		t.Errorf("stale update: %v", err)
 	}
 
+	// The cluster's snapshot interval reaches the raft log.
+	d.mustCtl("cluster", "update", "--snapshot-interval", "50")
+	for i := 0; i < 60; i++ {
+		d.mustCtl("service", "create", "--name", fmt.Sprintf("snap-%d", i), "--image", "busybox:latest")
+	}
+	if snaps, _ := filepath.Glob(filepath.Join(dir, "raft", "snap", "*.snap")); len(snaps) == 0 {
+		t.Error("no raft snapshot after 60 writes with --snapshot-interval 50")
+	}
+
 	// kill -9 during a stream of creates: every acknowledged create survives.
 	acked := createUntilKilled(t, d, c)
 	if len(acked) == 0 {
@@ -128,6 +139,39 @@ func TestSingleManagerLifecycleWithRealBinaries(t *testing.T) {
 		t.Errorf("label written before the clean restart is missing:\n%s", out)
 	}
 	d.stop()
+
+	// Damage early in the log is refused with the file and offset.
+	segs, err := filepath.Glob(filepath.Join(dir, "raft", "wal", "*.wal"))
+	if err != nil || len(segs) == 0 {
+		t.Fatalf("no WAL segment: %v", err)
+	}
+	flipByte(t, segs[0], 300)
+	d = startSwarmd(t, dir)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("swarmd started on a corrupt log")
+	}
+	if d.exitErr == nil || !strings.Contains(d.out.String(), "corrupt at byte offset") || !strings.Contains(d.out.String(), filepath.Base(segs[0])) {
+		t.Errorf("corrupt log: exit %v, output:\n%s", d.exitErr, d.out.String())
+	}
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 1)
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // createUntilKilled creates services from several goroutines and SIGKILLs

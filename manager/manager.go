@@ -153,6 +153,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return m.leadership(gctx) })
+	g.Go(func() error { return m.applyClusterSettings(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		m.health.Shutdown()

@@ -186,6 +186,8 @@ type Node struct {
 	lastStatus atomic.Pointer[raft.Status]
 	proposals  atomic.Uint64
 	readys     atomic.Uint64
+	// snapshotInterval starts as Config.SnapshotInterval; SetSnapshotInterval changes it.
+	snapshotInterval atomic.Uint64
 
 	// Owned by the Run loop (and New before it).
 	rn           *raft.RawNode
@@ -245,6 +247,7 @@ func New(cfg Config) (*Node, error) {
 		waiters:       newWaiters(),
 		raftState:     raft.StateFollower,
 	}
+	n.snapshotInterval.Store(cfg.SnapshotInterval)
 	if err := n.restore(rec); err != nil {
 		_ = st.close()
 		return nil, err
@@ -541,7 +544,7 @@ func (n *Node) publishLeadership() {
 }
 
 func (n *Node) maybeSnapshot() error {
-	if n.appliedIndex-max(n.snapIndex, n.snapAttempt) < n.cfg.SnapshotInterval {
+	if n.appliedIndex-max(n.snapIndex, n.snapAttempt) < n.snapshotInterval.Load() {
 		return nil
 	}
 	n.snapAttempt = n.appliedIndex
@@ -738,6 +741,15 @@ func (n *Node) WaitApplied(ctx context.Context, index uint64) error {
 			return ErrStopped
 		}
 	}
+}
+
+// SetSnapshotInterval changes how many applied entries separate snapshots
+// (0: the default). It takes effect at the next applied entry.
+func (n *Node) SetSnapshotInterval(entries uint64) {
+	if entries == 0 {
+		entries = DefaultSnapshotInterval
+	}
+	n.snapshotInterval.Store(entries)
 }
 
 // Stats returns the node's counters.
