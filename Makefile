@@ -34,7 +34,7 @@ test: deps check-generated vet build
 	$(GO) test -count=1 -race -timeout 20m $(RACE_PKGS)
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./raft/ ./manager/store/
+	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./raft/ ./manager/
 
 run: deps build
 	bash scripts/run.sh

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"sort"
-	"time"
 
 	"github.com/gogo/protobuf/proto"
 	"github.com/urfave/cli/v2"
@@ -67,22 +65,7 @@ func configList(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		configs := resp.Configs
-		sort.Slice(configs, func(i, j int) bool {
-			if a, b := configs[i].Spec.Annotations.Name, configs[j].Spec.Annotations.Name; a != b {
-				return a < b
-			}
-			return configs[i].ID < configs[j].ID
-		})
-		now := time.Now()
-		objs := make([]proto.Message, len(configs))
-		ids := make([]string, len(configs))
-		rows := make([][]string, len(configs))
-		for i, s := range configs {
-			objs[i], ids[i] = s, s.ID
-			rows[i] = []string{s.ID, s.Spec.Annotations.Name, ago(s.Meta.CreatedAt, now), ago(s.Meta.UpdatedAt, now)}
-		}
-		return l.print(c.App.Writer, objs, ids, []string{"ID", "NAME", "CREATED", "UPDATED"}, rows)
+		return printNamedObjects(c, l, resp.Configs)
 	})
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -251,4 +252,25 @@ func timeOf(ts *types.Timestamp) time.Time {
 		return time.Time{}
 	}
 	return t
+}
+
+// printNamedObjects lists objects that have only a name and dates to show
+// (secrets, configs), sorted by name, redacted.
+func printNamedObjects[T api.StoreObject](c *cli.Context, l lister, list []T) error {
+	sort.Slice(list, func(i, j int) bool {
+		if a, b := list[i].GetName(), list[j].GetName(); a != b {
+			return a < b
+		}
+		return list[i].GetID() < list[j].GetID()
+	})
+	now := time.Now()
+	objs := make([]proto.Message, len(list))
+	ids := make([]string, len(list))
+	rows := make([][]string, len(list))
+	for i, o := range list {
+		meta := o.GetMeta()
+		objs[i], ids[i] = api.Redacted(o).(proto.Message), o.GetID()
+		rows[i] = []string{o.GetID(), o.GetName(), ago(meta.CreatedAt, now), ago(meta.UpdatedAt, now)}
+	}
+	return l.print(c.App.Writer, objs, ids, []string{"ID", "NAME", "CREATED", "UPDATED"}, rows)
 }

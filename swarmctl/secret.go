@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
-	"time"
 
 	"github.com/gogo/protobuf/proto"
 	"github.com/urfave/cli/v2"
@@ -139,22 +137,7 @@ func secretList(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		secrets := resp.Secrets
-		sort.Slice(secrets, func(i, j int) bool {
-			if a, b := secrets[i].Spec.Annotations.Name, secrets[j].Spec.Annotations.Name; a != b {
-				return a < b
-			}
-			return secrets[i].ID < secrets[j].ID
-		})
-		now := time.Now()
-		objs := make([]proto.Message, len(secrets))
-		ids := make([]string, len(secrets))
-		rows := make([][]string, len(secrets))
-		for i, s := range secrets {
-			objs[i], ids[i] = redacted(s), s.ID
-			rows[i] = []string{s.ID, s.Spec.Annotations.Name, ago(s.Meta.CreatedAt, now), ago(s.Meta.UpdatedAt, now)}
-		}
-		return l.print(c.App.Writer, objs, ids, []string{"ID", "NAME", "CREATED", "UPDATED"}, rows)
+		return printNamedObjects(c, l, resp.Secrets)
 	})
 }
 
