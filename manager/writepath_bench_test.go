@@ -4,7 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"os"
+
 	"path/filepath"
 	"testing"
 	"time"
@@ -132,27 +132,6 @@ func BenchmarkBatchCreate100kTasks(b *testing.B) {
 		b.ReportMetric(tasks/elapsed.Seconds(), "objects/s")
 		b.ReportMetric(float64(n.Stats().Proposals-proposals), "proposals")
 	}
-}
-
-// BenchmarkDiskFsync is the latency of one 4 KiB write + fdatasync on the
-// disk the other benchmarks write to, to read their figures against.
-func BenchmarkDiskFsync(b *testing.B) {
-	f, err := os.Create(filepath.Join(b.TempDir(), "fsync"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		if _, err := f.WriteAt(buf, int64(i%256)*4096); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/fsync")
 }
 
 // The store never proposes what the raft log would refuse.
