@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,23 +18,9 @@ import (
 	"github.com/flotilla/flotilla/api/defaults"
 	"github.com/flotilla/flotilla/manager/controlapi"
 	"github.com/flotilla/flotilla/manager/store"
+	"github.com/flotilla/flotilla/manager/store/storetest"
 	"github.com/flotilla/flotilla/manager/watchapi"
 )
-
-// logProposer commits proposals in order at once, like a one-member log
-// without a disk; the raft package has its own tests.
-type logProposer struct {
-	mu    sync.Mutex
-	index uint64
-	s     *store.MemoryStore
-}
-
-func (p *logProposer) Propose(_ context.Context, data []byte) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.index++
-	return p.s.Apply(p.index, data)
-}
 
 type harness struct {
 	store   *store.MemoryStore
@@ -45,9 +30,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	p := &logProposer{}
-	s := store.New(p)
-	p.s = s
+	s, _ := storetest.New()
 	sock := filepath.Join(t.TempDir(), "control.sock")
 	l, err := net.Listen("unix", sock)
 	if err != nil {
