@@ -6,7 +6,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/api/defaults"
-	"github.com/flotilla/flotilla/api/identity"
+	"github.com/flotilla/flotilla/ca"
 	"github.com/flotilla/flotilla/manager/store"
 )
 
@@ -20,7 +20,10 @@ func (m *Manager) bootstrap(ctx context.Context) error {
 			return err
 		}
 		if len(clusters) == 0 {
-			c := &api.Cluster{ID: identity.NewID(), Spec: defaults.ClusterSpec()}
+			c, err := m.newCluster()
+			if err != nil {
+				return err
+			}
 			if err := tx.Create(c); err != nil {
 				return err
 			}
@@ -48,5 +51,27 @@ func (m *Manager) bootstrap(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register this manager in the store: %w", err)
 	}
+	// The root key is in the replicated store now; the node may drop its copy.
+	if m.cfg.RootKeyStored != nil {
+		m.cfg.RootKeyStored()
+	}
 	return nil
+}
+
+// newCluster is the cluster object of a new cluster, with the root CA this
+// first manager made and fresh join tokens.
+func (m *Manager) newCluster() (*api.Cluster, error) {
+	if len(m.cfg.RootCA.Key) == 0 {
+		return nil, fmt.Errorf("no root CA key to create the cluster with: the state dir lost it before the cluster was created; start over with an empty state dir")
+	}
+	c := &api.Cluster{ID: m.cfg.ClusterID, Spec: defaults.ClusterSpec()}
+	c.RootCA = api.RootCA{CACert: m.cfg.RootCA.Cert, CAKey: m.cfg.RootCA.Key, CACertHash: m.cfg.RootCA.Digest()}
+	var err error
+	if c.RootCA.JoinTokens.Worker, err = ca.GenerateJoinToken(m.cfg.RootCA); err != nil {
+		return nil, err
+	}
+	if c.RootCA.JoinTokens.Manager, err = ca.GenerateJoinToken(m.cfg.RootCA); err != nil {
+		return nil, err
+	}
+	return c, nil
 }

@@ -17,11 +17,17 @@ import (
 	etcdraft "go.etcd.io/raft/v3"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/ca"
+	"github.com/flotilla/flotilla/manager/caserver"
 	"github.com/flotilla/flotilla/manager/controlapi"
+	"github.com/flotilla/flotilla/manager/dispatcher"
 	"github.com/flotilla/flotilla/manager/store"
 	"github.com/flotilla/flotilla/manager/watchapi"
 	"github.com/flotilla/flotilla/raft"
@@ -31,6 +37,15 @@ import (
 type Config struct {
 	// StateDir holds the raft log and snapshots (in StateDir/raft).
 	StateDir string
+	// ClusterID is the ID of the cluster; the first manager creates the
+	// cluster object with it.
+	ClusterID string
+	// RootCA is the cluster's root CA. Its key is needed only by the first
+	// manager, until the cluster object holds it; RootKeyStored is called then.
+	RootCA        ca.RootCA
+	RootKeyStored func()
+	// Credentials are this node's TLS identity for the remote API.
+	Credentials *ca.Credentials
 	// NodeID is this node's ID; RaftID its raft member ID.
 	NodeID string
 	RaftID uint64
@@ -52,12 +67,16 @@ type Config struct {
 // Manager is one manager node. New opens its state; Run serves until its
 // context ends.
 type Manager struct {
-	cfg    Config
-	log    *slog.Logger
-	store  *store.MemoryStore
-	raft   *raft.Node
-	health *health.Server
-	ready  chan struct{}
+	cfg        Config
+	log        *slog.Logger
+	store      *store.MemoryStore
+	raft       *raft.Node
+	health     *health.Server
+	control    *controlapi.Server
+	watch      *watchapi.Server
+	caServer   *caserver.Server
+	dispatcher *dispatcher.Dispatcher
+	ready      chan struct{}
 }
 
 // New opens (or creates) the manager's raft state and restores the store.
@@ -87,7 +106,45 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	m.control = controlapi.NewServer(m.store, unavailable)
+	m.watch = watchapi.NewServer(m.store)
+	m.caServer = caserver.New(m.store, cfg.Logger)
+	m.dispatcher = dispatcher.New(dispatcher.Config{
+		Store:    m.store,
+		Identify: identifyPeer,
+		Managers: m.managerPeers,
+		Logger:   cfg.Logger,
+	})
 	return m, nil
+}
+
+// identifyPeer is the calling node's ID, from its verified certificate.
+func identifyPeer(ctx context.Context) (string, error) {
+	id, ok := ca.IdentityFromContext(ctx)
+	if !ok {
+		return "", status.Error(codes.Unauthenticated, "a node certificate is required")
+	}
+	return id.NodeID, nil
+}
+
+// managerPeers lists the managers agents may connect to, leader first.
+func (m *Manager) managerPeers() []*api.WeightedPeer {
+	var out []*api.WeightedPeer
+	m.store.View(func(tx store.ReadTx) {
+		nodes, _ := store.Find[*api.Node](tx, store.ByRole(api.NodeRoleManager))
+		for _, n := range nodes {
+			if n.ManagerStatus == nil || n.ManagerStatus.Addr == "" {
+				continue
+			}
+			p := &api.WeightedPeer{NodeID: n.ID, Addr: n.ManagerStatus.Addr, Weight: 1}
+			if n.ManagerStatus.Leader {
+				out = append([]*api.WeightedPeer{p}, out...)
+			} else {
+				out = append(out, p)
+			}
+		}
+	})
+	return out
 }
 
 // proposer lets the store be built before the raft node it proposes to.
@@ -126,14 +183,23 @@ func (m *Manager) Run(ctx context.Context) error {
 		return err
 	}
 	local := grpc.NewServer()
-	api.RegisterControlServer(local, controlapi.NewServer(m.store, unavailable))
-	api.RegisterWatchServer(local, watchapi.NewServer(m.store))
+	api.RegisterControlServer(local, m.control)
+	api.RegisterWatchServer(local, m.watch)
 	healthpb.RegisterHealthServer(local, m.health)
 
 	var remote *grpc.Server
 	if m.cfg.RemoteListener != nil {
-		remote = grpc.NewServer()
-		healthpb.RegisterHealthServer(remote, m.health)
+		if m.cfg.Credentials == nil {
+			sock.Close()
+			return errors.New("manager: a remote listener needs TLS credentials")
+		}
+		policy := remotePolicy()
+		remote = grpc.NewServer(
+			grpc.Creds(credentials.NewTLS(m.cfg.Credentials.ServerTLSConfig())),
+			grpc.ChainUnaryInterceptor(ca.UnaryAuthorizer(policy, m.clusterID, m.memberCheck, m.log)),
+			grpc.ChainStreamInterceptor(ca.StreamAuthorizer(policy, m.clusterID, m.memberCheck, m.log)),
+		)
+		registerRemote(remote, m)
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
@@ -286,8 +352,12 @@ func (m *Manager) runLeader(ctx context.Context) error {
 		close(m.ready)
 	}
 	m.log.Info("leading the cluster", "raft.id", fmt.Sprintf("%x", m.cfg.RaftID))
-	// Later: dispatcher, orchestrators, scheduler, allocator, CA, reaper,
-	// all under one errgroup here.
-	<-ctx.Done()
+	// Every leader-only loop runs under this group: one that fails ends the
+	// term's run, and Manager.leadership turns that into a failed manager.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return m.dispatcher.Run(gctx) })
+	if err := g.Wait(); err != nil && ctx.Err() == nil {
+		return err
+	}
 	return ctx.Err()
 }

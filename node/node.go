@@ -19,12 +19,18 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sync"
-	"syscall"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/flotilla/flotilla/agent"
+	"github.com/flotilla/flotilla/agent/exec"
+	"github.com/flotilla/flotilla/agent/exec/sim"
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/ca"
 	"github.com/flotilla/flotilla/manager"
 )
 
@@ -65,11 +71,15 @@ type Node struct {
 	log   *slog.Logger
 	state *State
 
+	creds *ca.Credentials
+
 	mu      sync.Mutex
 	started bool
 	cancel  context.CancelFunc
 	lock    *os.File
 	mgr     *manager.Manager
+	agent   *agent.Agent
+	ready   <-chan struct{}
 	done    chan struct{}
 	err     error
 }
@@ -101,8 +111,8 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Executor != "containerd" && cfg.Executor != "sim" {
 		return nil, fmt.Errorf("executor %q is unknown: use containerd or sim", cfg.Executor)
 	}
-	if cfg.JoinAddr != "" || cfg.JoinToken != "" {
-		return nil, errors.New("joining an existing cluster (--join-addr, --join-token) is not supported yet by this version")
+	if (cfg.JoinAddr == "") != (cfg.JoinToken == "") {
+		return nil, errors.New("joining needs both --join-addr and --join-token")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -110,10 +120,11 @@ func New(cfg Config) (*Node, error) {
 	return &Node{cfg: cfg, log: cfg.Logger.With("module", "node"), done: make(chan struct{})}, nil
 }
 
-// Start takes the state dir, loads or creates the node's identity and starts
-// serving. It returns once the node runs; Ready tells when it serves.
-// Start fails, leaving nothing running, when the state dir is in use or
-// holds state that cannot be trusted.
+// Start takes the state dir, loads or creates the node's identity (a new
+// cluster, or a join through JoinAddr) and starts serving. It returns once
+// the node runs; Ready tells when it serves. Start fails, leaving nothing
+// running, when the state dir is in use, holds state that cannot be trusted,
+// or the join is refused.
 func (n *Node) Start(ctx context.Context) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -127,89 +138,157 @@ func (n *Node) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var cleanup []func()
 	ok := false
 	defer func() {
 		if !ok {
+			for i := len(cleanup) - 1; i >= 0; i-- {
+				cleanup[i]()
+			}
 			lock.Close()
 		}
 	}()
-	state, created, err := loadOrCreateState(n.cfg.StateDir)
+	id, err := n.loadOrCreateIdentity(ctx)
 	if err != nil {
 		return err
 	}
-	n.state = state
-	n.log = n.log.With("node.id", state.NodeID)
+	n.state = id.state
+	n.creds = id.creds
+	me := id.creds.Identity()
+	n.log = n.log.With("node.id", me.NodeID)
+	logger := n.cfg.Logger.With("node.id", me.NodeID)
 
-	var remote net.Listener
-	advertise := n.cfg.AdvertiseRemoteAPI
-	if n.cfg.ListenRemoteAPI != "-" {
-		remote, err = net.Listen("tcp", n.cfg.ListenRemoteAPI)
+	executor, err := n.executor()
+	if err != nil {
+		return err
+	}
+	managers := id.state.Managers
+	var mgr *manager.Manager
+	if me.Role == api.NodeRoleManager {
+		if n.cfg.ListenRemoteAPI == "-" {
+			return errors.New("a manager needs its remote API: set --listen-remote-api")
+		}
+		remote, err := net.Listen("tcp", n.cfg.ListenRemoteAPI)
 		if err != nil {
 			return fmt.Errorf("listen on remote API address %s: %w (set --listen-remote-api)", n.cfg.ListenRemoteAPI, err)
 		}
+		cleanup = append(cleanup, func() { remote.Close() })
+		advertise := n.cfg.AdvertiseRemoteAPI
 		if advertise == "" {
 			advertise = remote.Addr().String()
 		}
-	}
-	mgr, err := manager.New(manager.Config{
-		StateDir:       n.cfg.StateDir,
-		NodeID:         state.NodeID,
-		RaftID:         state.RaftID,
-		ControlSocket:  n.cfg.ListenControlAPI,
-		RemoteListener: remote,
-		AdvertiseAddr:  advertise,
-		Description:    n.describe(),
-		TickInterval:   n.cfg.TickInterval,
-		ElectionTick:   n.cfg.ElectionTick,
-		HeartbeatTick:  n.cfg.HeartbeatTick,
-		Logger:         n.cfg.Logger.With("node.id", state.NodeID),
-	})
-	if err != nil {
-		if remote != nil {
-			remote.Close()
+		rca := id.creds.RootCA()
+		if id.rootKey != nil {
+			if rca, err = ca.ParseRootCA(rca.Cert, id.rootKey); err != nil {
+				return fmt.Errorf("root CA key in %s: %w", n.keyStore().Dir, err)
+			}
 		}
-		return err
+		desc, err := executor.Describe(ctx)
+		if err != nil {
+			return err
+		}
+		ks := n.keyStore()
+		mgr, err = manager.New(manager.Config{
+			StateDir:       n.cfg.StateDir,
+			NodeID:         me.NodeID,
+			RaftID:         id.state.RaftID,
+			ClusterID:      me.ClusterID,
+			RootCA:         rca,
+			RootKeyStored:  func() { _ = ks.RemoveRootKey() },
+			Credentials:    id.creds,
+			ControlSocket:  n.cfg.ListenControlAPI,
+			RemoteListener: remote,
+			AdvertiseAddr:  advertise,
+			Description:    desc,
+			TickInterval:   n.cfg.TickInterval,
+			ElectionTick:   n.cfg.ElectionTick,
+			HeartbeatTick:  n.cfg.HeartbeatTick,
+			Logger:         logger,
+		})
+		if err != nil {
+			return err
+		}
+		// A manager's own agent reports to the dispatcher like any other.
+		managers = []string{advertise}
 	}
-	if created {
-		n.log.Info("initialised a new node", "state_dir", n.cfg.StateDir)
+	if len(managers) == 0 {
+		return fmt.Errorf("worker node %s knows no manager to connect to: %s lacks the managers list", me.NodeID, filepath.Join(n.cfg.StateDir, stateFile))
 	}
+	ag := agent.New(agent.Config{
+		Dial:     n.dial,
+		Managers: managers,
+		Executor: executor,
+		Logger:   logger,
+	})
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	n.cancel, n.lock, n.mgr, n.started = cancel, lock, mgr, true
+	n.cancel, n.lock, n.mgr, n.agent, n.started = cancel, lock, mgr, ag, true
+	n.ready = ag.Ready()
+	if mgr != nil {
+		n.ready = mgr.Ready()
+	}
 	ok = true
-	go func() {
-		err := mgr.Run(runCtx)
-		n.mu.Lock()
-		n.err = err
-		n.lock.Close()
-		n.mu.Unlock()
-		close(n.done)
-	}()
+	go n.run(runCtx, mgr, ag, managers)
 	return nil
 }
 
-// describe is what the node reports about itself.
-func (n *Node) describe() *api.NodeDescription {
-	var si syscall.Sysinfo_t
-	var mem int64
-	if syscall.Sysinfo(&si) == nil {
-		mem = int64(si.Totalram) * int64(si.Unit)
+// run owns the node's components until ctx ends or one fails.
+func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent, managers []string) {
+	g, gctx := errgroup.WithContext(ctx)
+	if mgr != nil {
+		g.Go(func() error { return mgr.Run(gctx) })
 	}
-	return &api.NodeDescription{
-		Hostname:  n.cfg.Hostname,
-		Platform:  &api.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH},
-		Resources: &api.Resources{NanoCPUs: int64(runtime.NumCPU()) * 1e9, MemoryBytes: mem},
-		Engine:    &api.EngineDescription{Executor: n.cfg.Executor},
+	g.Go(func() error {
+		if mgr != nil {
+			// The manager records its own node when it first leads; before
+			// that its dispatcher would not know this node.
+			select {
+			case <-mgr.Ready():
+			case <-gctx.Done():
+				return nil
+			}
+		}
+		return ag.Run(gctx)
+	})
+	g.Go(func() error { return n.renewLoop(gctx, managers) })
+	err := g.Wait()
+	if errors.Is(err, agent.ErrNodeRemoved) {
+		n.log.Error("this node was removed from the cluster", "err", err)
+	}
+	n.mu.Lock()
+	n.err = err
+	n.lock.Close()
+	n.mu.Unlock()
+	close(n.done)
+}
+
+// executor is what runs (and for now, describes) this node's tasks.
+func (n *Node) executor() (exec.Executor, error) {
+	switch n.cfg.Executor {
+	case sim.Name:
+		return sim.New(n.cfg.Hostname, nil), nil
+	default:
+		return hostExecutor{hostname: n.cfg.Hostname, name: n.cfg.Executor}, nil
 	}
 }
 
-// Ready is closed when the node serves its control API as a working manager.
+// hostExecutor describes the host for an executor that runs no tasks yet.
+type hostExecutor struct{ hostname, name string }
+
+func (h hostExecutor) Describe(context.Context) (*api.NodeDescription, error) {
+	return exec.HostDescription(h.hostname, h.name)
+}
+
+// dial opens an mTLS connection to a manager.
+func (n *Node) dial(ctx context.Context, addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(n.creds.ClientTLSConfig())))
+}
+
+// Ready is closed when the node serves: a manager's control API answers, or a
+// worker's agent holds a session with a manager.
 func (n *Node) Ready() <-chan struct{} {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.mgr == nil {
-		return nil
-	}
-	return n.mgr.Ready()
+	return n.ready
 }
 
 // Done is closed when the node has stopped, by Stop or by a failure.

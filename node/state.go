@@ -11,45 +11,63 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/flotilla/flotilla/api/identity"
 )
 
-// State is the node's identity, kept in <state dir>/node.json.
+// State is what the node keeps about itself beside its certificate, in
+// <state dir>/node.json.
 type State struct {
+	// NodeID is the CN of the node's certificate.
 	NodeID string `json:"node_id"`
-	// RaftID is this node's raft member ID. IDs are random 64-bit numbers, so
+	// RaftID is a manager's raft member ID. IDs are random 64-bit numbers, so
 	// a removed member's ID is never handed out again.
-	RaftID uint64 `json:"raft_id"`
+	RaftID uint64 `json:"raft_id,omitempty"`
+	// Managers are the manager addresses a worker connects to on start.
+	Managers []string `json:"managers,omitempty"`
 }
 
 const stateFile = "node.json"
 
-// loadOrCreateState reads the node identity, or makes and durably writes a
-// new one. It is written before any raft state, so a crash never leaves a
-// raft log without the identity that owns it.
-func loadOrCreateState(dir string) (*State, bool, error) {
+// loadOrCreateState reads node.json, or makes it for nodeID (with a raft ID
+// when the node is a manager). It is written after the certificates and
+// before any raft state.
+func loadOrCreateState(dir, nodeID string, manager bool) (*State, bool, error) {
 	path := filepath.Join(dir, stateFile)
 	data, err := os.ReadFile(path)
 	if err == nil {
 		var s State
-		if err := json.Unmarshal(data, &s); err != nil || s.NodeID == "" || s.RaftID == 0 {
-			return nil, false, fmt.Errorf("node identity %s is damaged (%v): restore it from a backup or move the state dir aside to start a new node", path, err)
+		if err := json.Unmarshal(data, &s); err != nil || s.NodeID == "" {
+			return nil, false, fmt.Errorf("node state %s is damaged (%v): restore it from a backup or move the state dir aside to start a new node", path, err)
+		}
+		if s.NodeID != nodeID {
+			return nil, false, fmt.Errorf("node state %s is for node %s but the certificate is for %s: restore a matching pair", path, s.NodeID, nodeID)
+		}
+		if manager && s.RaftID == 0 {
+			s.RaftID = newRaftID()
+			if err := saveState(dir, &s); err != nil {
+				return nil, false, err
+			}
 		}
 		return &s, false, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("read node identity: %w", err)
+		return nil, false, fmt.Errorf("read node state: %w", err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "raft")); err == nil {
-		return nil, false, fmt.Errorf("state dir %s has a raft log but no %s: it is not a node's state; move it aside or restore %s", dir, stateFile, stateFile)
+	s := &State{NodeID: nodeID}
+	if manager {
+		s.RaftID = newRaftID()
 	}
-	s := &State{NodeID: identity.NewID(), RaftID: newRaftID()}
-	data, _ = json.MarshalIndent(s, "", "  ")
-	if err := writeFileAtomic(path, data); err != nil {
-		return nil, false, fmt.Errorf("write node identity: %w", err)
+	if err := saveState(dir, s); err != nil {
+		return nil, false, err
 	}
 	return s, true, nil
+}
+
+func saveState(dir string, s *State) error {
+	data, _ := json.MarshalIndent(s, "", "  ")
+	if err := writeFileAtomic(filepath.Join(dir, stateFile), data); err != nil {
+		return fmt.Errorf("write node state: %w", err)
+	}
+	return nil
 }
 
 func newRaftID() uint64 {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/api/validation"
+	"github.com/flotilla/flotilla/ca"
 	"github.com/flotilla/flotilla/manager/store"
 )
 
@@ -44,8 +45,8 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 	if err := validation.ClusterSpec(req.Spec); err != nil {
 		return nil, invalid(err)
 	}
-	if r := req.Rotation; r.WorkerJoinToken || r.ManagerJoinToken || r.ManagerUnlockKey {
-		return nil, status.Error(codes.Unimplemented, "rotating join tokens or the unlock key is not supported yet by this version")
+	if req.Rotation.ManagerUnlockKey {
+		return nil, status.Error(codes.Unimplemented, "rotating the unlock key is not supported yet by this version")
 	}
 	var id string
 	err := s.store.Update(ctx, func(tx store.Tx) error {
@@ -63,6 +64,9 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 			return status.Errorf(codes.InvalidArgument, "renaming the cluster is not supported")
 		}
 		cur.Spec = *req.Spec.Copy()
+		if err := rotateJoinTokens(cur, req.Rotation); err != nil {
+			return err
+		}
 		return tx.Update(cur)
 	})
 	if err != nil {
@@ -73,4 +77,30 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 		return nil, err
 	}
 	return &api.UpdateClusterResponse{Cluster: redactCluster(c)}, nil
+}
+
+// rotateJoinTokens replaces the join tokens asked for; the old ones stop
+// working as soon as the update is committed.
+func rotateJoinTokens(c *api.Cluster, r api.KeyRotation) error {
+	if !r.WorkerJoinToken && !r.ManagerJoinToken {
+		return nil
+	}
+	rca, err := ca.ParseRootCA(c.RootCA.CACert, nil)
+	if err != nil {
+		return status.Errorf(codes.FailedPrecondition, "the cluster has no usable root CA: %v", err)
+	}
+	for _, x := range []struct {
+		want bool
+		dst  *string
+	}{{r.WorkerJoinToken, &c.RootCA.JoinTokens.Worker}, {r.ManagerJoinToken, &c.RootCA.JoinTokens.Manager}} {
+		if !x.want {
+			continue
+		}
+		tok, err := ca.GenerateJoinToken(rca)
+		if err != nil {
+			return status.Errorf(codes.Internal, "generate a join token: %v", err)
+		}
+		*x.dst = tok
+	}
+	return nil
 }

@@ -1,0 +1,388 @@
+// Package agent is the worker side of a node: it holds a session with the
+// cluster's dispatcher and, later, runs the tasks assigned to the node
+// through an exec.Executor.
+//
+// The session loop, run by Agent.Run, does in order:
+//
+//  1. pick a manager: the latest list a manager sent (leader first), round
+//     robin, then the configured addresses;
+//  2. dial it (Config.Dial brings the node's mTLS credentials) and open a
+//     Session stream with the executor's description of the node;
+//  3. read the first SessionMessage: session ID, the node's record, the
+//     managers; Ready closes after the first one;
+//  4. heartbeat at once, then every period the dispatcher returns, jittered
+//     to [0.75, 1.0) of it, while reading further SessionMessages (node
+//     record, managers) from the stream;
+//  5. on any failure close the connection and go back to 1, after a
+//     backoff with full jitter (see backoff), or at once when a heartbeat
+//     says the session is unknown (the manager lost or replaced it).
+//
+// Run returns nil when its context ends, and an error wrapping
+// ErrNodeRemoved when the managers no longer know the node.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/agent/exec"
+	"github.com/flotilla/flotilla/api"
+)
+
+// ErrNodeRemoved is wrapped by the error Run returns when a manager refuses
+// the session because the node is not in the cluster any more.
+var ErrNodeRemoved = errors.New("node was removed from the cluster")
+
+// errSessionInvalid is a heartbeat refused because the dispatcher does not
+// know the session (replaced, or lost with a leader change).
+var errSessionInvalid = errors.New("the manager does not know this session")
+
+// RPC deadlines, in real time.
+const (
+	// establishTimeout bounds the wait for the first SessionMessage.
+	establishTimeout = 30 * time.Second
+	// minHeartbeatTimeout is the least a heartbeat may take before the
+	// session is given up; otherwise the period is the limit.
+	minHeartbeatTimeout = 5 * time.Second
+	// warnAfter is how long the agent retries without a session before it
+	// says so at warn level (once per outage).
+	warnAfter = time.Minute
+)
+
+// Config is what an Agent needs.
+type Config struct {
+	// Dial opens a connection to a manager at addr (the node package
+	// supplies one with mTLS credentials). The agent closes it.
+	Dial func(ctx context.Context, addr string) (*grpc.ClientConn, error)
+	// Managers to try first (e.g. the join address or the node's own remote
+	// API); the list is then refreshed from SessionMessage.managers. At
+	// least one is required.
+	Managers []string
+	// Executor describes the node (and, later, runs its tasks).
+	Executor exec.Executor
+	// Clock drives heartbeat and reconnect waits (default: RealClock).
+	Clock Clock
+	// Logger (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Agent holds a node's session with the dispatcher.
+type Agent struct {
+	cfg   Config
+	clock Clock
+	log   *slog.Logger
+	ready chan struct{}
+	ran   atomic.Bool
+
+	// Owned by the Run goroutine.
+	rnd      *rand.Rand
+	managers *managerList
+	isReady  bool
+
+	mu        sync.Mutex // guards the fields below, read by accessors
+	sessionID string
+	node      *api.Node
+}
+
+// New makes an agent; it starts nothing.
+func New(cfg Config) *Agent {
+	if cfg.Clock == nil {
+		cfg.Clock = RealClock()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{
+		cfg:      cfg,
+		clock:    cfg.Clock,
+		log:      cfg.Logger.With("module", "agent"),
+		ready:    make(chan struct{}),
+		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		managers: newManagerList(cfg.Managers),
+	}
+}
+
+// Ready is closed once the first session is established.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+// SessionID is the current session's ID, "" between sessions.
+func (a *Agent) SessionID() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.sessionID
+}
+
+// Node is a copy of the last node record a manager sent, nil before the
+// first session.
+func (a *Agent) Node() *api.Node {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.node == nil {
+		return nil
+	}
+	return a.node.Copy()
+}
+
+// Run holds sessions until ctx ends, then returns nil with everything it
+// started stopped and its connection closed. It returns an error for
+// conditions retrying cannot fix: a bad Config, or the node removed from the
+// cluster (wrapping ErrNodeRemoved). Run may be called once.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.ran.CompareAndSwap(false, true) {
+		return errors.New("agent: Run called twice")
+	}
+	switch {
+	case a.cfg.Dial == nil:
+		return errors.New("agent: no Dial function configured")
+	case a.cfg.Executor == nil:
+		return errors.New("agent: no executor configured")
+	case len(a.managers.addrs) == 0:
+		return errors.New("agent: no manager address to connect to: give a join address or run as a manager")
+	}
+
+	var (
+		attempt      int       // failed attempts since the last long session
+		quickRetried bool      // the last reconnect skipped the backoff
+		failingSince time.Time // start of the current outage
+		warned       bool      // the outage was reported at warn
+	)
+	failingSince = a.clock.Now()
+	for {
+		addr := a.managers.pick()
+		start := a.clock.Now()
+		res := a.session(ctx, addr)
+		a.setSessionID("")
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(res.err, ErrNodeRemoved) {
+			return res.err
+		}
+
+		now := a.clock.Now()
+		if res.established {
+			failingSince, warned = now, false
+			if now.Sub(start) >= backoffResetAfter {
+				attempt = 0
+			}
+		}
+		var wait time.Duration
+		if errors.Is(res.err, errSessionInvalid) && (res.heartbeats > 0 || !quickRetried) {
+			quickRetried = true // at once, but not twice in a row for a session that never beat
+		} else {
+			quickRetried = false
+			wait = backoff(attempt, a.rnd)
+			attempt++
+		}
+
+		code := status.Code(res.err)
+		switch {
+		case res.established:
+			a.log.Info("session lost", a.nodeAttr(), "manager", addr, "error", res.err, "retry_in", wait)
+		case code == codes.PermissionDenied || code == codes.Unauthenticated:
+			a.log.Warn("manager refused the session", a.nodeAttr(), "manager", addr, "error", res.err, "retry_in", wait)
+		default:
+			a.log.Debug("cannot open a session", "manager", addr, "error", res.err, "retry_in", wait)
+		}
+		if !warned && now.Sub(failingSince) >= warnAfter {
+			warned = true
+			a.log.Warn("no session with any manager; still trying", a.nodeAttr(),
+				"for", now.Sub(failingSince).Round(time.Second), "managers", a.managers.all(), "error", res.err)
+		}
+
+		if wait > 0 && !a.sleep(ctx, wait) {
+			return nil
+		}
+	}
+}
+
+// sleep waits d on the agent's clock; false if ctx ended first.
+func (a *Agent) sleep(ctx context.Context, d time.Duration) bool {
+	t := a.clock.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C():
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (a *Agent) setSessionID(id string) {
+	a.mu.Lock()
+	a.sessionID = id
+	a.mu.Unlock()
+}
+
+func (a *Agent) nodeAttr() slog.Attr {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slog.String("node.id", a.node.GetID())
+}
+
+// apply takes in a SessionMessage (run by the Run goroutine only).
+func (a *Agent) apply(m *api.SessionMessage) {
+	if m.Node != nil {
+		a.mu.Lock()
+		a.node = m.Node
+		a.mu.Unlock()
+	}
+	a.managers.update(m.Managers)
+}
+
+// sessionResult is how one session went.
+type sessionResult struct {
+	established bool // the first SessionMessage arrived
+	heartbeats  int  // heartbeats the dispatcher accepted
+	err         error
+}
+
+// session holds one session with the manager at addr until it fails or ctx
+// ends. It returns with its goroutine finished and the connection closed.
+func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
+	desc, err := a.cfg.Executor.Describe(ctx)
+	if err != nil {
+		res.err = fmt.Errorf("describe the node: %w", err)
+		return res
+	}
+	conn, err := a.cfg.Dial(ctx, addr)
+	if err != nil {
+		res.err = fmt.Errorf("dial manager %s: %w", addr, err)
+		return res
+	}
+	defer conn.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	client := api.NewDispatcherClient(conn)
+
+	stream, err := client.Session(sctx, &api.SessionRequest{Description: desc})
+	if err != nil {
+		res.err = sessionError(addr, err)
+		return res
+	}
+	expired := time.AfterFunc(establishTimeout, cancel)
+	first, err := stream.Recv()
+	if !expired.Stop() && ctx.Err() == nil {
+		res.err = fmt.Errorf("manager %s opened no session within %s", addr, establishTimeout)
+		return res
+	}
+	if err != nil {
+		res.err = sessionError(addr, err)
+		return res
+	}
+	if first.SessionID == "" {
+		res.err = fmt.Errorf("manager %s opened a session without an ID", addr)
+		return res
+	}
+	res.established = true
+	sessionID := first.SessionID
+	a.apply(first)
+	a.setSessionID(sessionID)
+	if !a.isReady {
+		a.isReady = true
+		close(a.ready)
+	}
+	a.log.Info("session established", a.nodeAttr(), "manager", addr, "session.id", sessionID)
+
+	// The stream's later messages come through msgs so that this goroutine
+	// stays the only one to apply them.
+	msgs := make(chan *api.SessionMessage)
+	recvErr := make(chan error, 1)
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-sctx.Done():
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		<-recvDone
+	}()
+
+	period := DefaultHeartbeatPeriod
+	now := make(chan time.Time)
+	close(now)
+	var due <-chan time.Time = now // the first heartbeat goes at once
+	var timer Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			res.err = ctx.Err()
+			return res
+		case m := <-msgs:
+			a.apply(m)
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				res.err = fmt.Errorf("manager %s ended the session", addr)
+			} else {
+				res.err = fmt.Errorf("session stream from manager %s: %w", addr, err)
+			}
+			return res
+		case <-due:
+			next, err := a.heartbeat(sctx, client, addr, sessionID, period)
+			if err != nil {
+				res.err = err
+				return res
+			}
+			res.heartbeats++
+			period = next
+			timer = a.clock.NewTimer(heartbeatWait(period, a.rnd))
+			due = timer.C()
+		}
+	}
+}
+
+// heartbeat sends one heartbeat and returns the period until the next.
+func (a *Agent) heartbeat(ctx context.Context, client api.DispatcherClient, addr, sessionID string, period time.Duration) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, max(period, minHeartbeatTimeout))
+	defer cancel()
+	resp, err := client.Heartbeat(ctx, &api.HeartbeatRequest{SessionID: sessionID})
+	if status.Code(err) == codes.NotFound {
+		return 0, fmt.Errorf("%w (manager %s: %s)", errSessionInvalid, addr, status.Convert(err).Message())
+	}
+	if err != nil {
+		return 0, fmt.Errorf("heartbeat to manager %s: %w", addr, err)
+	}
+	if p := resp.GetPeriod(); p != nil {
+		if d := time.Duration(p.Seconds)*time.Second + time.Duration(p.Nanos); d > 0 {
+			return d, nil
+		}
+	}
+	return DefaultHeartbeatPeriod, nil
+}
+
+// sessionError explains why a manager did not open a session.
+func sessionError(addr string, err error) error {
+	if status.Code(err) == codes.NotFound {
+		return fmt.Errorf("%w: manager %s does not know this node (%s); it cannot rejoin with its current identity: "+
+			"stop swarmd, move its state dir aside and join again with a join token",
+			ErrNodeRemoved, addr, status.Convert(err).Message())
+	}
+	return fmt.Errorf("open a session with manager %s: %w", addr, err)
+}

@@ -1,0 +1,65 @@
+package manager
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/ca"
+	"github.com/flotilla/flotilla/manager/store"
+)
+
+var (
+	managers = []api.NodeRole{api.NodeRoleManager}
+	anyNode  = []api.NodeRole{api.NodeRoleWorker, api.NodeRoleManager}
+)
+
+// remotePolicy says who may call what on the remote API. Methods missing
+// here are refused (the authorizer fails closed); TestRemotePolicyCoversEveryMethod
+// keeps it complete.
+func remotePolicy() ca.Policy {
+	p := ca.Policy{
+		"/flotilla.api.NodeCA/GetRootCACertificate": {AllowAnonymous: true},
+		// Anonymous with a join token; a certificate for renewal.
+		"/flotilla.api.NodeCA/IssueNodeCertificate": {Roles: anyNode, AllowAnonymous: true},
+		"/flotilla.api.Dispatcher/Session":          {Roles: anyNode},
+		"/flotilla.api.Dispatcher/Heartbeat":        {Roles: anyNode},
+		"/flotilla.api.Watch/Watch":                 {Roles: managers},
+		"/grpc.health.v1.Health/Check":              {AllowAnonymous: true},
+		"/grpc.health.v1.Health/Watch":              {AllowAnonymous: true},
+		"/grpc.health.v1.Health/List":               {AllowAnonymous: true},
+	}
+	for _, m := range api.ControlServiceMethods() {
+		p["/flotilla.api.Control/"+m] = ca.Rule{Roles: managers}
+	}
+	return p
+}
+
+// clusterID is the cluster whose certificates the remote API accepts.
+func (m *Manager) clusterID() string { return m.cfg.ClusterID }
+
+// memberCheck refuses certificates of nodes the cluster no longer knows
+// (removed nodes keep a valid certificate until it expires).
+func (m *Manager) memberCheck(ctx context.Context, id ca.NodeIdentity) error {
+	var node *api.Node
+	m.store.View(func(tx store.ReadTx) { node = store.Get[*api.Node](tx, id.NodeID) })
+	if node == nil {
+		// NotFound, not PermissionDenied: agents stop on it instead of retrying.
+		return status.Errorf(codes.NotFound,
+			"node %s is not a member of this cluster (it was removed): it cannot rejoin with its old identity; start it over with an empty state dir and a join token", id.NodeID)
+	}
+	return nil
+}
+
+// registerRemote registers the remote API's services on s.
+func registerRemote(s *grpc.Server, m *Manager) {
+	api.RegisterNodeCAServer(s, m.caServer)
+	api.RegisterDispatcherServer(s, m.dispatcher)
+	api.RegisterControlServer(s, m.control)
+	api.RegisterWatchServer(s, m.watch)
+	healthpb.RegisterHealthServer(s, m.health)
+}
