@@ -2,6 +2,8 @@ package integration
 
 import (
 	"encoding/json"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,6 +140,19 @@ func TestWorkersJoinHeartbeatAndLeave(t *testing.T) {
 	if foreign.exitErr == nil || !strings.Contains(foreign.out.String(), "does not match this cluster") {
 		t.Errorf("join with a foreign token: exit %v, output:\n%s", foreign.exitErr, foreign.out.String())
 	}
+
+	// Garbage on the remote port is dropped; the manager keeps serving.
+	garbage, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = garbage.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = garbage.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n\x00\x01garbage"))
+	if _, err := io.ReadAll(garbage); err != nil {
+		t.Errorf("manager did not close a garbage connection: %v", err)
+	}
+	garbage.Close()
+	m.waitNode("mgr", "READY", 5*time.Second)
 
 	// A worker's certificate is refused on the control API.
 	if out, err := controlAsWorker(t, w1Dir, addr); err == nil || !strings.Contains(out, "manager certificate") {

@@ -19,6 +19,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -175,7 +176,7 @@ func (n *Node) Start(ctx context.Context) error {
 		cleanup = append(cleanup, func() { remote.Close() })
 		advertise := n.cfg.AdvertiseRemoteAPI
 		if advertise == "" {
-			advertise = remote.Addr().String()
+			advertise = defaultAdvertiseAddr(remote.Addr().(*net.TCPAddr))
 		}
 		rca := id.creds.RootCA()
 		if id.rootKey != nil {
@@ -278,6 +279,29 @@ func (h hostExecutor) Describe(context.Context) (*api.NodeDescription, error) {
 	return exec.HostDescription(h.hostname, h.name)
 }
 
+// defaultAdvertiseAddr is the bound address, or when bound to all
+// interfaces, the first non-loopback IPv4 address of an interface that is up
+// (what other machines can most likely reach), else loopback.
+func defaultAdvertiseAddr(bound *net.TCPAddr) string {
+	if !bound.IP.IsUnspecified() {
+		return bound.String()
+	}
+	port := strconv.Itoa(bound.Port)
+	ifaces, _ := net.Interfaces()
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsGlobalUnicast() {
+				return net.JoinHostPort(ipn.IP.String(), port)
+			}
+		}
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
 // dial opens an mTLS connection to a manager.
 func (n *Node) dial(ctx context.Context, addr string) (*grpc.ClientConn, error) {
 	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(n.creds.ClientTLSConfig())))
@@ -307,6 +331,13 @@ func (n *Node) NodeID() string {
 		return ""
 	}
 	return n.state.NodeID
+}
+
+// IsManager reports whether the node runs as a manager (after Start).
+func (n *Node) IsManager() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mgr != nil
 }
 
 // ControlSocket is the path of the control API socket.

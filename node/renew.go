@@ -20,7 +20,13 @@ func (n *Node) renewLoop(ctx context.Context, managers []string) error {
 	retry := 0
 	for {
 		id := n.creds.Identity()
-		wait := ca.RenewalDelay(id.NotBefore, id.NotAfter, time.Now(), rand.Float64)
+		// Certificates are backdated for clock skew; the validity asked for
+		// starts at issuance.
+		issued := id.NotBefore.Add(ca.CertBackdate)
+		if !issued.Before(id.NotAfter) {
+			issued = id.NotBefore
+		}
+		wait := ca.RenewalDelay(issued, id.NotAfter, time.Now(), rand.Float64)
 		if retry > 0 {
 			// After a failure, try again soon but never hammer the managers.
 			wait = min(time.Duration(retry)*10*time.Second, time.Minute, max(time.Second, time.Until(id.NotAfter)/10))

@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/node"
 )
 
@@ -46,6 +48,54 @@ func main() {
 		fmt.Fprintf(os.Stderr, "swarmd: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// printManagerHelp tells the operator how to control this manager and how
+// to add nodes to its cluster.
+func printManagerHelp(ctx context.Context, n *node.Node) {
+	sock := n.ControlSocket()
+	hint := "swarmctl node ls"
+	if abs, _ := filepath.Abs(sock); abs != filepath.Join(node.DefaultStateDir, node.ControlSocketName) {
+		hint = "swarmctl --socket " + sock + " node ls"
+	}
+	fmt.Fprintf(os.Stdout, "Node %s is a manager of its cluster and ready. Control it with:\n\n    %s\n\n", n.NodeID(), hint)
+	tokens, addr, err := joinInfo(ctx, sock)
+	if err != nil {
+		slog.Warn("cannot read the join tokens", "err", err)
+		return
+	}
+	fmt.Fprintf(os.Stdout, "To add a worker to this cluster, run on it:\n\n    swarmd --join-addr %s --join-token %s\n\n", addr, tokens.Worker)
+	fmt.Fprintf(os.Stdout, "To add a manager (not supported by this version yet), the token is:\n\n    swarmd --join-addr %s --join-token %s\n\n", addr, tokens.Manager)
+}
+
+// joinInfo reads the join tokens and this manager's address.
+func joinInfo(ctx context.Context, sock string) (api.JoinTokens, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return api.JoinTokens{}, "", err
+	}
+	defer conn.Close()
+	ctl := api.NewControlClient(conn)
+	clusters, err := ctl.ListClusters(ctx, &api.ListClustersRequest{})
+	if err != nil {
+		return api.JoinTokens{}, "", err
+	}
+	if len(clusters.Clusters) != 1 {
+		return api.JoinTokens{}, "", fmt.Errorf("%d cluster objects", len(clusters.Clusters))
+	}
+	nodes, err := ctl.ListNodes(ctx, &api.ListNodesRequest{Filters: &api.ListNodesRequest_Filters{Roles: []api.NodeRole{api.NodeRoleManager}}})
+	if err != nil {
+		return api.JoinTokens{}, "", err
+	}
+	addr := ""
+	for _, m := range nodes.Nodes {
+		if m.ManagerStatus != nil && m.ManagerStatus.Leader {
+			addr = m.ManagerStatus.Addr
+		}
+	}
+	return clusters.Clusters[0].RootCA.JoinTokens, addr, nil
 }
 
 func run(c *cli.Context) error {
@@ -83,13 +133,11 @@ func run(c *cli.Context) error {
 	}
 	select {
 	case <-n.Ready():
-		sock := n.ControlSocket()
-		fmt.Fprintf(os.Stdout, "Node %s is a manager of its cluster and ready.\n", n.NodeID())
-		hint := "swarmctl node ls"
-		if abs, _ := filepath.Abs(sock); abs != filepath.Join(node.DefaultStateDir, node.ControlSocketName) {
-			hint = "swarmctl --socket " + sock + " node ls"
+		if n.IsManager() {
+			printManagerHelp(ctx, n)
+		} else {
+			fmt.Fprintf(os.Stdout, "Node %s is a worker of its cluster and ready.\n", n.NodeID())
 		}
-		fmt.Fprintf(os.Stdout, "Control it with:\n\n    %s\n\n", strings.TrimSpace(hint))
 	case <-n.Done():
 		return n.Err()
 	case <-ctx.Done():

@@ -19,6 +19,10 @@ import (
 // than intent (a cluster of 1,000 nodes at 100 tasks each).
 const MaxReplicas = 100000
 
+// MinNodeCertExpiry is the shortest node certificate validity a cluster may
+// set. In-process tests lower it to watch renewal happen.
+var MinNodeCertExpiry = time.Hour
+
 // A name is a DNS label: it becomes a service's DNS name.
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9](?:[-_]*[a-zA-Z0-9]+)*$`)
 
@@ -322,7 +326,7 @@ func ClusterSpec(s *api.ClusterSpec) error {
 	if s.Orchestration.TaskHistoryRetentionLimit < 0 {
 		return fmt.Errorf("task history limit must not be negative, got %d", s.Orchestration.TaskHistoryRetentionLimit)
 	}
-	if err := duration("node certificate expiry", s.CAConfig.NodeCertExpiry, time.Hour); err != nil {
+	if err := duration("node certificate expiry", s.CAConfig.NodeCertExpiry, MinNodeCertExpiry); err != nil {
 		return err
 	}
 	if err := duration("heartbeat period", s.Dispatcher.HeartbeatPeriod, time.Second); err != nil {
