@@ -185,14 +185,20 @@ func (s *Server) renew(ctx context.Context, id ca.NodeIdentity, req *api.IssueNo
 	if err != nil {
 		return nil, err
 	}
-	err = s.store.Update(ctx, func(tx store.Tx) error {
-		n := store.Get[*api.Node](tx, node.ID)
-		if n == nil {
-			return status.Errorf(codes.PermissionDenied, "node %s was removed", node.ID)
+	// The dispatcher writes the same node; a lost race is simply retried.
+	for attempt := 0; ; attempt++ {
+		err = s.store.Update(ctx, func(tx store.Tx) error {
+			n := store.Get[*api.Node](tx, node.ID)
+			if n == nil {
+				return status.Errorf(codes.PermissionDenied, "node %s was removed", node.ID)
+			}
+			n.Certificate = api.Certificate{Role: n.Role, CN: n.ID, Status: api.IssuanceStateIssued, Certificate: cert}
+			return tx.Update(n)
+		})
+		if !errors.Is(err, store.ErrSequenceConflict) || attempt == 4 {
+			break
 		}
-		n.Certificate = api.Certificate{Role: n.Role, CN: n.ID, Status: api.IssuanceStateIssued, Certificate: cert}
-		return tx.Update(n)
-	})
+	}
 	if err != nil {
 		if _, ok := status.FromError(err); ok {
 			return nil, err
