@@ -73,7 +73,7 @@ type Config struct {
 	Executor exec.Executor
 	// Clock drives heartbeat and reconnect waits (default: RealClock).
 	Clock Clock
-	// Logger (default slog.Default()).
+	// Logger (default slog.Default()); it should carry the node.id attribute.
 	Logger *slog.Logger
 }
 
@@ -189,15 +189,15 @@ func (a *Agent) Run(ctx context.Context) error {
 		code := status.Code(res.err)
 		switch {
 		case res.established:
-			a.log.Info("session lost", a.nodeAttr(), "manager", addr, "error", res.err, "retry_in", wait)
+			a.log.Info("session lost", "manager", addr, "error", res.err, "retry_in", wait)
 		case code == codes.PermissionDenied || code == codes.Unauthenticated:
-			a.log.Warn("manager refused the session", a.nodeAttr(), "manager", addr, "error", res.err, "retry_in", wait)
+			a.log.Warn("manager refused the session", "manager", addr, "error", res.err, "retry_in", wait)
 		default:
 			a.log.Debug("cannot open a session", "manager", addr, "error", res.err, "retry_in", wait)
 		}
 		if !warned && now.Sub(failingSince) >= warnAfter {
 			warned = true
-			a.log.Warn("no session with any manager; still trying", a.nodeAttr(),
+			a.log.Warn("no session with any manager; still trying",
 				"for", now.Sub(failingSince).Round(time.Second), "managers", a.managers.all(), "error", res.err)
 		}
 
@@ -223,12 +223,6 @@ func (a *Agent) setSessionID(id string) {
 	a.mu.Lock()
 	a.sessionID = id
 	a.mu.Unlock()
-}
-
-func (a *Agent) nodeAttr() slog.Attr {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return slog.String("node.id", a.node.GetID())
 }
 
 // apply takes in a SessionMessage (run by the Run goroutine only).
@@ -293,7 +287,7 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 		a.isReady = true
 		close(a.ready)
 	}
-	a.log.Info("session established", a.nodeAttr(), "manager", addr, "session.id", sessionID)
+	a.log.Info("session established", "manager", addr, "session.id", sessionID)
 
 	// The stream's later messages come through msgs so that this goroutine
 	// stays the only one to apply them.
