@@ -28,6 +28,58 @@ var _ = math.Inf
 // proto package needs to be updated.
 const _ = proto.GoGoProtoPackageIsVersion3 // please upgrade the proto package
 
+type AssignmentChange_Action int32
+
+const (
+	AssignmentActionUpdate AssignmentChange_Action = 0
+	AssignmentActionRemove AssignmentChange_Action = 1
+)
+
+var AssignmentChange_Action_name = map[int32]string{
+	0: "UPDATE",
+	1: "REMOVE",
+}
+
+var AssignmentChange_Action_value = map[string]int32{
+	"UPDATE": 0,
+	"REMOVE": 1,
+}
+
+func (x AssignmentChange_Action) String() string {
+	return proto.EnumName(AssignmentChange_Action_name, int32(x))
+}
+
+func (AssignmentChange_Action) EnumDescriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{7, 0}
+}
+
+type AssignmentsMessage_Type int32
+
+const (
+	// COMPLETE replaces everything the agent was given before.
+	AssignmentsComplete AssignmentsMessage_Type = 0
+	// INCREMENTAL applies on top of the previous message.
+	AssignmentsIncremental AssignmentsMessage_Type = 1
+)
+
+var AssignmentsMessage_Type_name = map[int32]string{
+	0: "COMPLETE",
+	1: "INCREMENTAL",
+}
+
+var AssignmentsMessage_Type_value = map[string]int32{
+	"COMPLETE":    0,
+	"INCREMENTAL": 1,
+}
+
+func (x AssignmentsMessage_Type) String() string {
+	return proto.EnumName(AssignmentsMessage_Type_name, int32(x))
+}
+
+func (AssignmentsMessage_Type) EnumDescriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{8, 0}
+}
+
 type SessionRequest struct {
 	Description *NodeDescription `protobuf:"bytes,1,opt,name=description,proto3" json:"description,omitempty"`
 }
@@ -283,47 +335,490 @@ func (m *HeartbeatResponse) GetPeriod() *types.Duration {
 	return nil
 }
 
+type AssignmentsRequest struct {
+	SessionID string `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+}
+
+func (m *AssignmentsRequest) Reset()         { *m = AssignmentsRequest{} }
+func (m *AssignmentsRequest) String() string { return proto.CompactTextString(m) }
+func (*AssignmentsRequest) ProtoMessage()    {}
+func (*AssignmentsRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{5}
+}
+func (m *AssignmentsRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *AssignmentsRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_AssignmentsRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *AssignmentsRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_AssignmentsRequest.Merge(m, src)
+}
+func (m *AssignmentsRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *AssignmentsRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_AssignmentsRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_AssignmentsRequest proto.InternalMessageInfo
+
+func (m *AssignmentsRequest) GetSessionID() string {
+	if m != nil {
+		return m.SessionID
+	}
+	return ""
+}
+
+// Assignment is one item an agent is given.
+type Assignment struct {
+	// Types that are valid to be assigned to Item:
+	//	*Assignment_Task
+	//	*Assignment_Secret
+	//	*Assignment_Config
+	Item isAssignment_Item `protobuf_oneof:"item"`
+}
+
+func (m *Assignment) Reset()         { *m = Assignment{} }
+func (m *Assignment) String() string { return proto.CompactTextString(m) }
+func (*Assignment) ProtoMessage()    {}
+func (*Assignment) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{6}
+}
+func (m *Assignment) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *Assignment) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_Assignment.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *Assignment) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_Assignment.Merge(m, src)
+}
+func (m *Assignment) XXX_Size() int {
+	return m.Size()
+}
+func (m *Assignment) XXX_DiscardUnknown() {
+	xxx_messageInfo_Assignment.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_Assignment proto.InternalMessageInfo
+
+type isAssignment_Item interface {
+	isAssignment_Item()
+	MarshalTo([]byte) (int, error)
+	Size() int
+}
+
+type Assignment_Task struct {
+	Task *Task `protobuf:"bytes,1,opt,name=task,proto3,oneof" json:"task,omitempty"`
+}
+type Assignment_Secret struct {
+	Secret *Secret `protobuf:"bytes,2,opt,name=secret,proto3,oneof" json:"secret,omitempty"`
+}
+type Assignment_Config struct {
+	Config *Config `protobuf:"bytes,3,opt,name=config,proto3,oneof" json:"config,omitempty"`
+}
+
+func (*Assignment_Task) isAssignment_Item()   {}
+func (*Assignment_Secret) isAssignment_Item() {}
+func (*Assignment_Config) isAssignment_Item() {}
+
+func (m *Assignment) GetItem() isAssignment_Item {
+	if m != nil {
+		return m.Item
+	}
+	return nil
+}
+
+func (m *Assignment) GetTask() *Task {
+	if x, ok := m.GetItem().(*Assignment_Task); ok {
+		return x.Task
+	}
+	return nil
+}
+
+func (m *Assignment) GetSecret() *Secret {
+	if x, ok := m.GetItem().(*Assignment_Secret); ok {
+		return x.Secret
+	}
+	return nil
+}
+
+func (m *Assignment) GetConfig() *Config {
+	if x, ok := m.GetItem().(*Assignment_Config); ok {
+		return x.Config
+	}
+	return nil
+}
+
+// XXX_OneofWrappers is for the internal use of the proto package.
+func (*Assignment) XXX_OneofWrappers() []interface{} {
+	return []interface{}{
+		(*Assignment_Task)(nil),
+		(*Assignment_Secret)(nil),
+		(*Assignment_Config)(nil),
+	}
+}
+
+type AssignmentChange struct {
+	Assignment *Assignment             `protobuf:"bytes,1,opt,name=assignment,proto3" json:"assignment,omitempty"`
+	Action     AssignmentChange_Action `protobuf:"varint,2,opt,name=action,proto3,enum=flotilla.api.AssignmentChange_Action" json:"action,omitempty"`
+}
+
+func (m *AssignmentChange) Reset()         { *m = AssignmentChange{} }
+func (m *AssignmentChange) String() string { return proto.CompactTextString(m) }
+func (*AssignmentChange) ProtoMessage()    {}
+func (*AssignmentChange) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{7}
+}
+func (m *AssignmentChange) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *AssignmentChange) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_AssignmentChange.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *AssignmentChange) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_AssignmentChange.Merge(m, src)
+}
+func (m *AssignmentChange) XXX_Size() int {
+	return m.Size()
+}
+func (m *AssignmentChange) XXX_DiscardUnknown() {
+	xxx_messageInfo_AssignmentChange.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_AssignmentChange proto.InternalMessageInfo
+
+func (m *AssignmentChange) GetAssignment() *Assignment {
+	if m != nil {
+		return m.Assignment
+	}
+	return nil
+}
+
+func (m *AssignmentChange) GetAction() AssignmentChange_Action {
+	if m != nil {
+		return m.Action
+	}
+	return AssignmentActionUpdate
+}
+
+type AssignmentsMessage struct {
+	Type AssignmentsMessage_Type `protobuf:"varint,1,opt,name=type,proto3,enum=flotilla.api.AssignmentsMessage_Type" json:"type,omitempty"`
+	// AppliesTo is the ResultsIn of the message this one builds on (incremental).
+	AppliesTo string              `protobuf:"bytes,2,opt,name=applies_to,json=appliesTo,proto3" json:"applies_to,omitempty"`
+	ResultsIn string              `protobuf:"bytes,3,opt,name=results_in,json=resultsIn,proto3" json:"results_in,omitempty"`
+	Changes   []*AssignmentChange `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
+}
+
+func (m *AssignmentsMessage) Reset()         { *m = AssignmentsMessage{} }
+func (m *AssignmentsMessage) String() string { return proto.CompactTextString(m) }
+func (*AssignmentsMessage) ProtoMessage()    {}
+func (*AssignmentsMessage) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{8}
+}
+func (m *AssignmentsMessage) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *AssignmentsMessage) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_AssignmentsMessage.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *AssignmentsMessage) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_AssignmentsMessage.Merge(m, src)
+}
+func (m *AssignmentsMessage) XXX_Size() int {
+	return m.Size()
+}
+func (m *AssignmentsMessage) XXX_DiscardUnknown() {
+	xxx_messageInfo_AssignmentsMessage.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_AssignmentsMessage proto.InternalMessageInfo
+
+func (m *AssignmentsMessage) GetType() AssignmentsMessage_Type {
+	if m != nil {
+		return m.Type
+	}
+	return AssignmentsComplete
+}
+
+func (m *AssignmentsMessage) GetAppliesTo() string {
+	if m != nil {
+		return m.AppliesTo
+	}
+	return ""
+}
+
+func (m *AssignmentsMessage) GetResultsIn() string {
+	if m != nil {
+		return m.ResultsIn
+	}
+	return ""
+}
+
+func (m *AssignmentsMessage) GetChanges() []*AssignmentChange {
+	if m != nil {
+		return m.Changes
+	}
+	return nil
+}
+
+type UpdateTaskStatusRequest struct {
+	SessionID string                                      `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	Updates   []*UpdateTaskStatusRequest_TaskStatusUpdate `protobuf:"bytes,2,rep,name=updates,proto3" json:"updates,omitempty"`
+}
+
+func (m *UpdateTaskStatusRequest) Reset()         { *m = UpdateTaskStatusRequest{} }
+func (m *UpdateTaskStatusRequest) String() string { return proto.CompactTextString(m) }
+func (*UpdateTaskStatusRequest) ProtoMessage()    {}
+func (*UpdateTaskStatusRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{9}
+}
+func (m *UpdateTaskStatusRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *UpdateTaskStatusRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_UpdateTaskStatusRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *UpdateTaskStatusRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_UpdateTaskStatusRequest.Merge(m, src)
+}
+func (m *UpdateTaskStatusRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *UpdateTaskStatusRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_UpdateTaskStatusRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_UpdateTaskStatusRequest proto.InternalMessageInfo
+
+func (m *UpdateTaskStatusRequest) GetSessionID() string {
+	if m != nil {
+		return m.SessionID
+	}
+	return ""
+}
+
+func (m *UpdateTaskStatusRequest) GetUpdates() []*UpdateTaskStatusRequest_TaskStatusUpdate {
+	if m != nil {
+		return m.Updates
+	}
+	return nil
+}
+
+type UpdateTaskStatusRequest_TaskStatusUpdate struct {
+	TaskID string      `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Status *TaskStatus `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) Reset() {
+	*m = UpdateTaskStatusRequest_TaskStatusUpdate{}
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) String() string { return proto.CompactTextString(m) }
+func (*UpdateTaskStatusRequest_TaskStatusUpdate) ProtoMessage()    {}
+func (*UpdateTaskStatusRequest_TaskStatusUpdate) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{9, 0}
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_UpdateTaskStatusRequest_TaskStatusUpdate.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_UpdateTaskStatusRequest_TaskStatusUpdate.Merge(m, src)
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) XXX_Size() int {
+	return m.Size()
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) XXX_DiscardUnknown() {
+	xxx_messageInfo_UpdateTaskStatusRequest_TaskStatusUpdate.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_UpdateTaskStatusRequest_TaskStatusUpdate proto.InternalMessageInfo
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) GetTaskID() string {
+	if m != nil {
+		return m.TaskID
+	}
+	return ""
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) GetStatus() *TaskStatus {
+	if m != nil {
+		return m.Status
+	}
+	return nil
+}
+
+type UpdateTaskStatusResponse struct {
+}
+
+func (m *UpdateTaskStatusResponse) Reset()         { *m = UpdateTaskStatusResponse{} }
+func (m *UpdateTaskStatusResponse) String() string { return proto.CompactTextString(m) }
+func (*UpdateTaskStatusResponse) ProtoMessage()    {}
+func (*UpdateTaskStatusResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_06ad3a657945a291, []int{10}
+}
+func (m *UpdateTaskStatusResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *UpdateTaskStatusResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_UpdateTaskStatusResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *UpdateTaskStatusResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_UpdateTaskStatusResponse.Merge(m, src)
+}
+func (m *UpdateTaskStatusResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *UpdateTaskStatusResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_UpdateTaskStatusResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_UpdateTaskStatusResponse proto.InternalMessageInfo
+
 func init() {
+	proto.RegisterEnum("flotilla.api.AssignmentChange_Action", AssignmentChange_Action_name, AssignmentChange_Action_value)
+	proto.RegisterEnum("flotilla.api.AssignmentsMessage_Type", AssignmentsMessage_Type_name, AssignmentsMessage_Type_value)
 	proto.RegisterType((*SessionRequest)(nil), "flotilla.api.SessionRequest")
 	proto.RegisterType((*SessionMessage)(nil), "flotilla.api.SessionMessage")
 	proto.RegisterType((*WeightedPeer)(nil), "flotilla.api.WeightedPeer")
 	proto.RegisterType((*HeartbeatRequest)(nil), "flotilla.api.HeartbeatRequest")
 	proto.RegisterType((*HeartbeatResponse)(nil), "flotilla.api.HeartbeatResponse")
+	proto.RegisterType((*AssignmentsRequest)(nil), "flotilla.api.AssignmentsRequest")
+	proto.RegisterType((*Assignment)(nil), "flotilla.api.Assignment")
+	proto.RegisterType((*AssignmentChange)(nil), "flotilla.api.AssignmentChange")
+	proto.RegisterType((*AssignmentsMessage)(nil), "flotilla.api.AssignmentsMessage")
+	proto.RegisterType((*UpdateTaskStatusRequest)(nil), "flotilla.api.UpdateTaskStatusRequest")
+	proto.RegisterType((*UpdateTaskStatusRequest_TaskStatusUpdate)(nil), "flotilla.api.UpdateTaskStatusRequest.TaskStatusUpdate")
+	proto.RegisterType((*UpdateTaskStatusResponse)(nil), "flotilla.api.UpdateTaskStatusResponse")
 }
 
 func init() { proto.RegisterFile("dispatcher.proto", fileDescriptor_06ad3a657945a291) }
 
 var fileDescriptor_06ad3a657945a291 = []byte{
-	// 460 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x94, 0x52, 0x4d, 0x8b, 0x13, 0x41,
-	0x10, 0xdd, 0x31, 0xcb, 0xac, 0x53, 0xd9, 0x95, 0xb5, 0x11, 0x89, 0x83, 0x4e, 0xc2, 0x28, 0x92,
-	0x83, 0x4c, 0x34, 0x82, 0x17, 0x41, 0x65, 0x19, 0xd4, 0x80, 0x8a, 0xb6, 0x07, 0xc1, 0xcb, 0xd2,
-	0x93, 0xae, 0x9d, 0xb4, 0x64, 0xa7, 0xdb, 0xee, 0x0e, 0xe2, 0xbf, 0xf0, 0x17, 0x78, 0xf1, 0xcf,
-	0x78, 0xdc, 0xa3, 0xa7, 0x45, 0x26, 0x7f, 0x44, 0xa6, 0xd3, 0xf9, 0xf2, 0xe3, 0xe0, 0xad, 0x6a,
-	0xde, 0x9b, 0x57, 0xd5, 0xef, 0x15, 0x1c, 0x72, 0x61, 0x14, 0xb3, 0xe3, 0x09, 0xea, 0x4c, 0x69,
-	0x69, 0x25, 0xd9, 0x3f, 0x99, 0x4a, 0x2b, 0xa6, 0x53, 0x96, 0x31, 0x25, 0xe2, 0x2b, 0xa5, 0x2c,
-	0xa5, 0x03, 0x06, 0x4d, 0xb5, 0xe0, 0xc4, 0x49, 0x29, 0x65, 0x39, 0xc5, 0x81, 0xeb, 0x8a, 0xd9,
-	0xc9, 0x80, 0xcf, 0x34, 0xb3, 0x42, 0x56, 0x1e, 0x6f, 0xdb, 0xcf, 0x0a, 0x8d, 0x6f, 0x0e, 0x64,
-	0xf1, 0x01, 0xc7, 0xd6, 0xb7, 0xe9, 0x1b, 0xb8, 0xf4, 0x16, 0x8d, 0x11, 0xb2, 0xa2, 0xf8, 0x71,
-	0x86, 0xc6, 0x92, 0xc7, 0xd0, 0xe6, 0x68, 0xc6, 0x5a, 0xa8, 0x46, 0xa2, 0x13, 0xf4, 0x82, 0x7e,
-	0x7b, 0x78, 0x23, 0xdb, 0xdc, 0x23, 0x7b, 0x25, 0x39, 0xe6, 0x6b, 0x12, 0xdd, 0xfc, 0x23, 0xfd,
-	0x1a, 0xac, 0x34, 0x5f, 0xa2, 0x31, 0xac, 0x44, 0x72, 0x07, 0xc0, 0x2c, 0xbe, 0x1c, 0x0b, 0xee,
-	0x24, 0xa3, 0xa3, 0x83, 0xfa, 0xbc, 0x1b, 0x79, 0xde, 0x28, 0xa7, 0x91, 0x27, 0x8c, 0x38, 0xb9,
-	0x0d, 0xbb, 0x95, 0xe4, 0xd8, 0xb9, 0xe0, 0x46, 0x93, 0x3f, 0x47, 0x53, 0x87, 0x93, 0x07, 0x70,
-	0xf1, 0x94, 0x55, 0xac, 0x44, 0x6d, 0x3a, 0xad, 0x5e, 0xab, 0xdf, 0x1e, 0xc6, 0xdb, 0xdc, 0x77,
-	0x28, 0xca, 0x89, 0x45, 0xfe, 0x1a, 0x51, 0xd3, 0x15, 0x37, 0x3d, 0x86, 0xfd, 0x4d, 0x84, 0xdc,
-	0x84, 0xbd, 0x46, 0x6f, 0xbd, 0x1a, 0xd4, 0xe7, 0xdd, 0xb0, 0x19, 0x34, 0xca, 0x69, 0xd8, 0x40,
-	0x23, 0x4e, 0x08, 0xec, 0x32, 0xce, 0xb5, 0x5b, 0x2a, 0xa2, 0xae, 0x26, 0x57, 0x21, 0xfc, 0xe4,
-	0x84, 0x3a, 0xad, 0x5e, 0xd0, 0x6f, 0x51, 0xdf, 0xa5, 0x4f, 0xe0, 0xf0, 0x39, 0x32, 0x6d, 0x0b,
-	0x64, 0x76, 0x69, 0xeb, 0x7f, 0x59, 0x90, 0x3e, 0x85, 0xcb, 0x1b, 0x0a, 0x46, 0xc9, 0xca, 0x20,
-	0xb9, 0x07, 0xa1, 0x42, 0x2d, 0x24, 0xf7, 0xa1, 0x5c, 0xcb, 0x16, 0xc1, 0x67, 0xcb, 0xe0, 0xb3,
-	0xdc, 0x07, 0x4f, 0x3d, 0x71, 0xf8, 0x2d, 0x00, 0xc8, 0x57, 0x37, 0x45, 0x9e, 0xc1, 0x9e, 0x1f,
-	0x47, 0xae, 0x6f, 0x5b, 0xb5, 0x7d, 0x04, 0xf1, 0xdf, 0x51, 0x1f, 0xe7, 0xdd, 0x80, 0xbc, 0x80,
-	0x68, 0xb5, 0x1f, 0x49, 0xb6, 0xc9, 0xbf, 0x3f, 0x3d, 0xee, 0xfe, 0x13, 0x5f, 0x3c, 0xec, 0xe8,
-	0xd1, 0xf7, 0x3a, 0x09, 0xce, 0xea, 0x24, 0xf8, 0x59, 0x27, 0xc1, 0x97, 0x79, 0xb2, 0x73, 0x36,
-	0x4f, 0x76, 0x7e, 0xcc, 0x93, 0x9d, 0xf7, 0xb7, 0x4a, 0x61, 0x27, 0xb3, 0x22, 0x1b, 0xcb, 0xd3,
-	0xc1, 0x52, 0x64, 0x5d, 0x30, 0x25, 0x1e, 0x32, 0x25, 0x8a, 0xd0, 0x19, 0x70, 0xff, 0x57, 0x00,
-	0x00, 0x00, 0xff, 0xff, 0xb6, 0x60, 0x5b, 0x82, 0x3f, 0x03, 0x00, 0x00,
+	// 897 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x9c, 0x95, 0xcf, 0x6f, 0x1b, 0x45,
+	0x14, 0xc7, 0xbd, 0x8e, 0xb5, 0xa9, 0x9f, 0xdb, 0xca, 0x0c, 0x55, 0x6b, 0x56, 0xd4, 0xb1, 0x16,
+	0x12, 0x45, 0x02, 0x6d, 0x42, 0x90, 0xaa, 0x22, 0xc4, 0x8f, 0xc4, 0x36, 0xc4, 0x52, 0x92, 0x86,
+	0x89, 0x0b, 0x12, 0x07, 0xc2, 0x78, 0xf7, 0x65, 0x33, 0xd4, 0xde, 0x59, 0x76, 0xc6, 0xa0, 0xde,
+	0x39, 0xa0, 0x9e, 0xf8, 0x07, 0xda, 0x0b, 0x27, 0xfe, 0x13, 0x8e, 0x3d, 0x22, 0x21, 0x55, 0xc8,
+	0x39, 0xf2, 0x4f, 0xa0, 0x99, 0x1d, 0xff, 0x6e, 0x5a, 0xda, 0xdb, 0xce, 0xbc, 0xcf, 0x7b, 0xf3,
+	0x9d, 0xf7, 0xe6, 0xbd, 0x85, 0x6a, 0xc4, 0x65, 0xca, 0x54, 0x78, 0x8e, 0x59, 0x90, 0x66, 0x42,
+	0x09, 0x72, 0xf5, 0xac, 0x2f, 0x14, 0xef, 0xf7, 0x59, 0xc0, 0x52, 0xee, 0xdd, 0x88, 0x45, 0x2c,
+	0x8c, 0x61, 0x4b, 0x7f, 0xe5, 0x8c, 0x57, 0x8f, 0x85, 0x88, 0xfb, 0xb8, 0x65, 0x56, 0xbd, 0xe1,
+	0xd9, 0x56, 0x34, 0xcc, 0x98, 0xe2, 0x22, 0xb1, 0xf6, 0x8a, 0x7a, 0x98, 0xa2, 0xb4, 0x8b, 0x6b,
+	0xa2, 0xf7, 0x03, 0x86, 0xca, 0x2e, 0xfd, 0xaf, 0xe0, 0xfa, 0x09, 0x4a, 0xc9, 0x45, 0x42, 0xf1,
+	0xc7, 0x21, 0x4a, 0x45, 0x3e, 0x83, 0x4a, 0x84, 0x32, 0xcc, 0x78, 0xaa, 0x43, 0xd4, 0x9c, 0x86,
+	0xb3, 0x59, 0xd9, 0xb9, 0x1d, 0xcc, 0xea, 0x08, 0x8e, 0x44, 0x84, 0xad, 0x29, 0x44, 0x67, 0x3d,
+	0xfc, 0x27, 0xce, 0x24, 0xe6, 0x21, 0x4a, 0xc9, 0x62, 0x24, 0xef, 0x03, 0xc8, 0x7c, 0xe7, 0x94,
+	0x47, 0x26, 0x64, 0x79, 0xef, 0xda, 0xe8, 0xd9, 0x5a, 0xd9, 0x72, 0x9d, 0x16, 0x2d, 0x5b, 0xa0,
+	0x13, 0x91, 0x0d, 0x28, 0x25, 0x22, 0xc2, 0x5a, 0xd1, 0x1c, 0x4d, 0x96, 0x8f, 0xa6, 0xc6, 0x4e,
+	0xee, 0xc0, 0x95, 0x01, 0x4b, 0x58, 0x8c, 0x99, 0xac, 0xad, 0x34, 0x56, 0x36, 0x2b, 0x3b, 0xde,
+	0x3c, 0xfb, 0x0d, 0xf2, 0xf8, 0x5c, 0x61, 0x74, 0x8c, 0x98, 0xd1, 0x09, 0xeb, 0x9f, 0xc2, 0xd5,
+	0x59, 0x0b, 0x79, 0x07, 0x56, 0x75, 0xbc, 0xa9, 0x34, 0x18, 0x3d, 0x5b, 0x73, 0xf5, 0x41, 0x9d,
+	0x16, 0x75, 0xb5, 0xa9, 0x13, 0x11, 0x02, 0x25, 0x16, 0x45, 0x99, 0x11, 0x55, 0xa6, 0xe6, 0x9b,
+	0xdc, 0x04, 0xf7, 0x67, 0x13, 0xa8, 0xb6, 0xd2, 0x70, 0x36, 0x57, 0xa8, 0x5d, 0xf9, 0x9f, 0x43,
+	0x75, 0x1f, 0x59, 0xa6, 0x7a, 0xc8, 0xd4, 0x38, 0xad, 0xaf, 0x94, 0x02, 0xff, 0x0b, 0x78, 0x63,
+	0x26, 0x82, 0x4c, 0x45, 0x22, 0x91, 0x7c, 0x00, 0x6e, 0x8a, 0x19, 0x17, 0x91, 0x2d, 0xca, 0x5b,
+	0x41, 0x5e, 0xf8, 0x60, 0x5c, 0xf8, 0xa0, 0x65, 0x0b, 0x4f, 0x2d, 0xe8, 0xef, 0x01, 0xd9, 0x95,
+	0x92, 0xc7, 0xc9, 0x00, 0x13, 0x25, 0x5f, 0x4f, 0xcb, 0x13, 0x07, 0x60, 0x1a, 0x84, 0x6c, 0x42,
+	0x49, 0x31, 0xf9, 0xc0, 0x6a, 0x58, 0xa8, 0x4e, 0x97, 0xc9, 0x07, 0xfb, 0x05, 0x6a, 0x08, 0x12,
+	0x80, 0x2b, 0x31, 0xcc, 0x50, 0xd9, 0x4a, 0xde, 0x98, 0x67, 0x4f, 0x8c, 0x6d, 0xbf, 0x40, 0x2d,
+	0xa5, 0xf9, 0x50, 0x24, 0x67, 0x3c, 0x36, 0xe9, 0x5c, 0xe2, 0x9b, 0xc6, 0xa6, 0xf9, 0x9c, 0xda,
+	0x73, 0xa1, 0xc4, 0x15, 0x0e, 0xfc, 0x7f, 0x1d, 0xa8, 0x4e, 0x05, 0x36, 0xcf, 0x59, 0x12, 0x23,
+	0xb9, 0x0b, 0xc0, 0x26, 0x7b, 0x56, 0x6c, 0x6d, 0x3e, 0xe0, 0xd4, 0x87, 0xce, 0xb0, 0xe4, 0x13,
+	0x70, 0x59, 0x68, 0xde, 0xbe, 0x96, 0x7d, 0x7d, 0x67, 0xfd, 0x32, 0xaf, 0xfc, 0xa4, 0x60, 0x37,
+	0xcc, 0x53, 0x9e, 0x3b, 0xf9, 0xdf, 0x81, 0x9b, 0xef, 0x90, 0x0d, 0x70, 0xef, 0x1f, 0xb7, 0x76,
+	0xbb, 0xed, 0x6a, 0xc1, 0xf3, 0x1e, 0x3d, 0x6e, 0xdc, 0x9c, 0xba, 0xe6, 0xc4, 0xfd, 0x34, 0x62,
+	0x0a, 0x35, 0x47, 0xdb, 0x87, 0xf7, 0xbe, 0x6e, 0x57, 0x9d, 0xe7, 0x73, 0x14, 0x07, 0xe2, 0x27,
+	0xf4, 0x4a, 0xbf, 0xfe, 0x5e, 0x2f, 0xf8, 0x7f, 0x14, 0xe7, 0x6a, 0x3a, 0x6e, 0xb1, 0x8f, 0xa0,
+	0xa4, 0xdb, 0xdc, 0xdc, 0xf4, 0x05, 0x9a, 0xc7, 0x7c, 0xd0, 0x7d, 0x98, 0x22, 0x35, 0x2e, 0xe4,
+	0x36, 0x00, 0x4b, 0xd3, 0x3e, 0x47, 0x79, 0xaa, 0x84, 0x7d, 0xe0, 0x65, 0xbb, 0xd3, 0x15, 0xda,
+	0x9c, 0xa1, 0x1c, 0xf6, 0x95, 0x3c, 0xe5, 0x89, 0x29, 0x4d, 0x99, 0x96, 0xed, 0x4e, 0x27, 0x21,
+	0x77, 0x61, 0x35, 0x34, 0x89, 0x90, 0xb5, 0x92, 0x69, 0xc2, 0xfa, 0x8b, 0xf3, 0x45, 0xc7, 0xb8,
+	0xff, 0x3d, 0x94, 0xb4, 0x0a, 0xb2, 0x0e, 0x57, 0x9a, 0xf7, 0x0e, 0x8f, 0x0f, 0xda, 0x26, 0x53,
+	0xb7, 0x1e, 0x3d, 0x6e, 0xbc, 0x39, 0x23, 0xb8, 0x29, 0x06, 0x69, 0x1f, 0x15, 0x92, 0xf7, 0xa0,
+	0xd2, 0x39, 0x6a, 0xd2, 0xf6, 0x61, 0xfb, 0xa8, 0xbb, 0x7b, 0xb0, 0x9c, 0x2b, 0xd9, 0x49, 0xc2,
+	0x0c, 0xf5, 0x17, 0xeb, 0xdb, 0x5c, 0xfd, 0x52, 0x84, 0x5b, 0x79, 0x92, 0xf5, 0xc3, 0x3c, 0x51,
+	0x4c, 0x0d, 0x5f, 0xaf, 0x09, 0xc8, 0x31, 0xac, 0x0e, 0x4d, 0x20, 0x59, 0x2b, 0x9a, 0x5b, 0xde,
+	0x99, 0xbf, 0xe5, 0x25, 0xa7, 0x04, 0xd3, 0x9d, 0x9c, 0xa0, 0xe3, 0x30, 0x1e, 0x87, 0xea, 0xa2,
+	0x51, 0x4f, 0x22, 0xdd, 0x39, 0x0b, 0x93, 0x48, 0x63, 0x7a, 0x12, 0x69, 0x53, 0x27, 0x22, 0xdb,
+	0xe0, 0x4a, 0xe3, 0x64, 0xdb, 0xaa, 0xb6, 0xdc, 0x82, 0x56, 0x83, 0xe5, 0x7c, 0x0f, 0x6a, 0xcb,
+	0xfa, 0xf2, 0xa1, 0xb2, 0xf3, 0x77, 0x11, 0xa0, 0x35, 0xf9, 0xeb, 0x90, 0x2f, 0x61, 0xd5, 0xde,
+	0x9f, 0xbc, 0xbd, 0xd8, 0xae, 0xb3, 0xbf, 0x09, 0xef, 0xf9, 0x56, 0xfb, 0xba, 0xb6, 0x1d, 0x72,
+	0x00, 0xe5, 0xc9, 0x04, 0x23, 0x0b, 0x4f, 0x62, 0x71, 0x38, 0x7a, 0x6b, 0x97, 0xda, 0xed, 0xe8,
+	0x3b, 0x81, 0xca, 0x4c, 0xa1, 0x49, 0xe3, 0xd2, 0xe7, 0x3d, 0x8e, 0xd8, 0x78, 0x59, 0x03, 0x6c,
+	0x3b, 0x84, 0x41, 0x75, 0x31, 0x2d, 0x64, 0xfd, 0x7f, 0x95, 0xd5, 0xdb, 0x78, 0x19, 0x96, 0xeb,
+	0xde, 0xfb, 0xf4, 0xcf, 0x51, 0xdd, 0x79, 0x3a, 0xaa, 0x3b, 0xff, 0x8c, 0xea, 0xce, 0x6f, 0x17,
+	0xf5, 0xc2, 0xd3, 0x8b, 0x7a, 0xe1, 0xaf, 0x8b, 0x7a, 0xe1, 0xdb, 0x77, 0x63, 0xae, 0xce, 0x87,
+	0xbd, 0x20, 0x14, 0x83, 0xad, 0x71, 0xac, 0xe9, 0x07, 0x4b, 0xf9, 0xc7, 0x2c, 0xe5, 0x3d, 0xd7,
+	0x8c, 0xf6, 0x0f, 0xff, 0x0b, 0x00, 0x00, 0xff, 0xff, 0xc4, 0x12, 0xb4, 0x9e, 0x19, 0x08, 0x00,
+	0x00,
 }
 
 // Copy returns a deep copy of m, or nil if m is nil.
@@ -458,6 +953,210 @@ func (m *HeartbeatResponse) CopyFrom(src interface{}) {
 	}
 }
 
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *AssignmentsRequest) Copy() *AssignmentsRequest {
+	if m == nil {
+		return nil
+	}
+	o := &AssignmentsRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *AssignmentsRequest.
+// A nil src makes m the zero value.
+func (m *AssignmentsRequest) CopyFrom(src interface{}) {
+	o := src.(*AssignmentsRequest)
+	if o == nil {
+		*m = AssignmentsRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *Assignment) Copy() *Assignment {
+	if m == nil {
+		return nil
+	}
+	o := &Assignment{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *Assignment.
+// A nil src makes m the zero value.
+func (m *Assignment) CopyFrom(src interface{}) {
+	o := src.(*Assignment)
+	if o == nil {
+		*m = Assignment{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Item != nil {
+		switch ov := o.Item.(type) {
+		case *Assignment_Task:
+			if ov != nil {
+				v := *ov
+				v.Task = ov.Task.Copy()
+				m.Item = &v
+			}
+		case *Assignment_Secret:
+			if ov != nil {
+				v := *ov
+				v.Secret = ov.Secret.Copy()
+				m.Item = &v
+			}
+		case *Assignment_Config:
+			if ov != nil {
+				v := *ov
+				v.Config = ov.Config.Copy()
+				m.Item = &v
+			}
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *AssignmentChange) Copy() *AssignmentChange {
+	if m == nil {
+		return nil
+	}
+	o := &AssignmentChange{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *AssignmentChange.
+// A nil src makes m the zero value.
+func (m *AssignmentChange) CopyFrom(src interface{}) {
+	o := src.(*AssignmentChange)
+	if o == nil {
+		*m = AssignmentChange{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Assignment = o.Assignment.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *AssignmentsMessage) Copy() *AssignmentsMessage {
+	if m == nil {
+		return nil
+	}
+	o := &AssignmentsMessage{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *AssignmentsMessage.
+// A nil src makes m the zero value.
+func (m *AssignmentsMessage) CopyFrom(src interface{}) {
+	o := src.(*AssignmentsMessage)
+	if o == nil {
+		*m = AssignmentsMessage{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Changes != nil {
+		m.Changes = make([]*AssignmentChange, len(o.Changes))
+		for i := range o.Changes {
+			m.Changes[i] = o.Changes[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateTaskStatusRequest) Copy() *UpdateTaskStatusRequest {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateTaskStatusRequest{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateTaskStatusRequest.
+// A nil src makes m the zero value.
+func (m *UpdateTaskStatusRequest) CopyFrom(src interface{}) {
+	o := src.(*UpdateTaskStatusRequest)
+	if o == nil {
+		*m = UpdateTaskStatusRequest{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	if o.Updates != nil {
+		m.Updates = make([]*UpdateTaskStatusRequest_TaskStatusUpdate, len(o.Updates))
+		for i := range o.Updates {
+			m.Updates[i] = o.Updates[i].Copy()
+		}
+	}
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) Copy() *UpdateTaskStatusRequest_TaskStatusUpdate {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateTaskStatusRequest_TaskStatusUpdate{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateTaskStatusRequest_TaskStatusUpdate.
+// A nil src makes m the zero value.
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) CopyFrom(src interface{}) {
+	o := src.(*UpdateTaskStatusRequest_TaskStatusUpdate)
+	if o == nil {
+		*m = UpdateTaskStatusRequest_TaskStatusUpdate{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+	m.Status = o.Status.Copy()
+}
+
+// Copy returns a deep copy of m, or nil if m is nil.
+func (m *UpdateTaskStatusResponse) Copy() *UpdateTaskStatusResponse {
+	if m == nil {
+		return nil
+	}
+	o := &UpdateTaskStatusResponse{}
+	o.CopyFrom(m)
+	return o
+}
+
+// CopyFrom makes m a deep copy of src, which must be a *UpdateTaskStatusResponse.
+// A nil src makes m the zero value.
+func (m *UpdateTaskStatusResponse) CopyFrom(src interface{}) {
+	o := src.(*UpdateTaskStatusResponse)
+	if o == nil {
+		*m = UpdateTaskStatusResponse{}
+		return
+	}
+	if m == o {
+		return
+	}
+	*m = *o
+}
+
 // Reference imports to suppress errors if they are not otherwise used.
 var _ context.Context
 var _ grpc.ClientConn
@@ -480,6 +1179,13 @@ type DispatcherClient interface {
 	// for 3 periods is marked DOWN. An unknown or replaced session gets
 	// NotFound: the agent must open a new session.
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
+	// Assignments streams the tasks assigned to the calling node: first the
+	// complete set, then incremental changes, batched. It ends with the session.
+	Assignments(ctx context.Context, in *AssignmentsRequest, opts ...grpc.CallOption) (Dispatcher_AssignmentsClient, error)
+	// UpdateTaskStatus reports status changes of the calling node's tasks, in
+	// batches. A status for a task of another node is refused; a status that
+	// would move a task backwards is ignored.
+	UpdateTaskStatus(ctx context.Context, in *UpdateTaskStatusRequest, opts ...grpc.CallOption) (*UpdateTaskStatusResponse, error)
 }
 
 type dispatcherClient struct {
@@ -531,6 +1237,47 @@ func (c *dispatcherClient) Heartbeat(ctx context.Context, in *HeartbeatRequest, 
 	return out, nil
 }
 
+func (c *dispatcherClient) Assignments(ctx context.Context, in *AssignmentsRequest, opts ...grpc.CallOption) (Dispatcher_AssignmentsClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_Dispatcher_serviceDesc.Streams[1], "/flotilla.api.Dispatcher/Assignments", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &dispatcherAssignmentsClient{stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+type Dispatcher_AssignmentsClient interface {
+	Recv() (*AssignmentsMessage, error)
+	grpc.ClientStream
+}
+
+type dispatcherAssignmentsClient struct {
+	grpc.ClientStream
+}
+
+func (x *dispatcherAssignmentsClient) Recv() (*AssignmentsMessage, error) {
+	m := new(AssignmentsMessage)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func (c *dispatcherClient) UpdateTaskStatus(ctx context.Context, in *UpdateTaskStatusRequest, opts ...grpc.CallOption) (*UpdateTaskStatusResponse, error) {
+	out := new(UpdateTaskStatusResponse)
+	err := c.cc.Invoke(ctx, "/flotilla.api.Dispatcher/UpdateTaskStatus", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DispatcherServer is the server API for Dispatcher service.
 type DispatcherServer interface {
 	// Session registers the calling node and holds its session. The first
@@ -543,6 +1290,13 @@ type DispatcherServer interface {
 	// for 3 periods is marked DOWN. An unknown or replaced session gets
 	// NotFound: the agent must open a new session.
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
+	// Assignments streams the tasks assigned to the calling node: first the
+	// complete set, then incremental changes, batched. It ends with the session.
+	Assignments(*AssignmentsRequest, Dispatcher_AssignmentsServer) error
+	// UpdateTaskStatus reports status changes of the calling node's tasks, in
+	// batches. A status for a task of another node is refused; a status that
+	// would move a task backwards is ignored.
+	UpdateTaskStatus(context.Context, *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error)
 }
 
 // UnimplementedDispatcherServer can be embedded to have forward compatible implementations.
@@ -554,6 +1308,12 @@ func (*UnimplementedDispatcherServer) Session(req *SessionRequest, srv Dispatche
 }
 func (*UnimplementedDispatcherServer) Heartbeat(ctx context.Context, req *HeartbeatRequest) (*HeartbeatResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Heartbeat not implemented")
+}
+func (*UnimplementedDispatcherServer) Assignments(req *AssignmentsRequest, srv Dispatcher_AssignmentsServer) error {
+	return status.Errorf(codes.Unimplemented, "method Assignments not implemented")
+}
+func (*UnimplementedDispatcherServer) UpdateTaskStatus(ctx context.Context, req *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateTaskStatus not implemented")
 }
 
 func RegisterDispatcherServer(s *grpc.Server, srv DispatcherServer) {
@@ -599,6 +1359,45 @@ func _Dispatcher_Heartbeat_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Dispatcher_Assignments_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(AssignmentsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DispatcherServer).Assignments(m, &dispatcherAssignmentsServer{stream})
+}
+
+type Dispatcher_AssignmentsServer interface {
+	Send(*AssignmentsMessage) error
+	grpc.ServerStream
+}
+
+type dispatcherAssignmentsServer struct {
+	grpc.ServerStream
+}
+
+func (x *dispatcherAssignmentsServer) Send(m *AssignmentsMessage) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func _Dispatcher_UpdateTaskStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateTaskStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DispatcherServer).UpdateTaskStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/flotilla.api.Dispatcher/UpdateTaskStatus",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DispatcherServer).UpdateTaskStatus(ctx, req.(*UpdateTaskStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _Dispatcher_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "flotilla.api.Dispatcher",
 	HandlerType: (*DispatcherServer)(nil),
@@ -607,11 +1406,20 @@ var _Dispatcher_serviceDesc = grpc.ServiceDesc{
 			MethodName: "Heartbeat",
 			Handler:    _Dispatcher_Heartbeat_Handler,
 		},
+		{
+			MethodName: "UpdateTaskStatus",
+			Handler:    _Dispatcher_UpdateTaskStatus_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Session",
 			Handler:       _Dispatcher_Session_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Assignments",
+			Handler:       _Dispatcher_Assignments_Handler,
 			ServerStreams: true,
 		},
 	},
@@ -816,6 +1624,336 @@ func (m *HeartbeatResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+func (m *AssignmentsRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *AssignmentsRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *AssignmentsRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.SessionID) > 0 {
+		i -= len(m.SessionID)
+		copy(dAtA[i:], m.SessionID)
+		i = encodeVarintDispatcher(dAtA, i, uint64(len(m.SessionID)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Assignment) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *Assignment) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Assignment) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Item != nil {
+		{
+			size := m.Item.Size()
+			i -= size
+			if _, err := m.Item.MarshalTo(dAtA[i:]); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *Assignment_Task) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Assignment_Task) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.Task != nil {
+		{
+			size, err := m.Task.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintDispatcher(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+func (m *Assignment_Secret) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Assignment_Secret) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.Secret != nil {
+		{
+			size, err := m.Secret.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintDispatcher(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x12
+	}
+	return len(dAtA) - i, nil
+}
+func (m *Assignment_Config) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *Assignment_Config) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	if m.Config != nil {
+		{
+			size, err := m.Config.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintDispatcher(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x1a
+	}
+	return len(dAtA) - i, nil
+}
+func (m *AssignmentChange) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *AssignmentChange) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *AssignmentChange) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Action != 0 {
+		i = encodeVarintDispatcher(dAtA, i, uint64(m.Action))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.Assignment != nil {
+		{
+			size, err := m.Assignment.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintDispatcher(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *AssignmentsMessage) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *AssignmentsMessage) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *AssignmentsMessage) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Changes) > 0 {
+		for iNdEx := len(m.Changes) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Changes[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintDispatcher(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x22
+		}
+	}
+	if len(m.ResultsIn) > 0 {
+		i -= len(m.ResultsIn)
+		copy(dAtA[i:], m.ResultsIn)
+		i = encodeVarintDispatcher(dAtA, i, uint64(len(m.ResultsIn)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.AppliesTo) > 0 {
+		i -= len(m.AppliesTo)
+		copy(dAtA[i:], m.AppliesTo)
+		i = encodeVarintDispatcher(dAtA, i, uint64(len(m.AppliesTo)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.Type != 0 {
+		i = encodeVarintDispatcher(dAtA, i, uint64(m.Type))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UpdateTaskStatusRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UpdateTaskStatusRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UpdateTaskStatusRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Updates) > 0 {
+		for iNdEx := len(m.Updates) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Updates[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintDispatcher(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x12
+		}
+	}
+	if len(m.SessionID) > 0 {
+		i -= len(m.SessionID)
+		copy(dAtA[i:], m.SessionID)
+		i = encodeVarintDispatcher(dAtA, i, uint64(len(m.SessionID)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Status != nil {
+		{
+			size, err := m.Status.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintDispatcher(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.TaskID) > 0 {
+		i -= len(m.TaskID)
+		copy(dAtA[i:], m.TaskID)
+		i = encodeVarintDispatcher(dAtA, i, uint64(len(m.TaskID)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *UpdateTaskStatusResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *UpdateTaskStatusResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *UpdateTaskStatusResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintDispatcher(dAtA []byte, offset int, v uint64) int {
 	offset -= sovDispatcher(v)
 	base := offset
@@ -906,6 +2044,154 @@ func (m *HeartbeatResponse) Size() (n int) {
 		l = m.Period.Size()
 		n += 1 + l + sovDispatcher(uint64(l))
 	}
+	return n
+}
+
+func (m *AssignmentsRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.SessionID)
+	if l > 0 {
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	return n
+}
+
+func (m *Assignment) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Item != nil {
+		n += m.Item.Size()
+	}
+	return n
+}
+
+func (m *Assignment_Task) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Task != nil {
+		l = m.Task.Size()
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	return n
+}
+func (m *Assignment_Secret) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Secret != nil {
+		l = m.Secret.Size()
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	return n
+}
+func (m *Assignment_Config) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Config != nil {
+		l = m.Config.Size()
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	return n
+}
+func (m *AssignmentChange) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Assignment != nil {
+		l = m.Assignment.Size()
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	if m.Action != 0 {
+		n += 1 + sovDispatcher(uint64(m.Action))
+	}
+	return n
+}
+
+func (m *AssignmentsMessage) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Type != 0 {
+		n += 1 + sovDispatcher(uint64(m.Type))
+	}
+	l = len(m.AppliesTo)
+	if l > 0 {
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	l = len(m.ResultsIn)
+	if l > 0 {
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	if len(m.Changes) > 0 {
+		for _, e := range m.Changes {
+			l = e.Size()
+			n += 1 + l + sovDispatcher(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *UpdateTaskStatusRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.SessionID)
+	if l > 0 {
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	if len(m.Updates) > 0 {
+		for _, e := range m.Updates {
+			l = e.Size()
+			n += 1 + l + sovDispatcher(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.TaskID)
+	if l > 0 {
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	if m.Status != nil {
+		l = m.Status.Size()
+		n += 1 + l + sovDispatcher(uint64(l))
+	}
+	return n
+}
+
+func (m *UpdateTaskStatusResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
 	return n
 }
 
@@ -1433,6 +2719,799 @@ func (m *HeartbeatResponse) Unmarshal(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *AssignmentsRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: AssignmentsRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: AssignmentsRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SessionID", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.SessionID = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *Assignment) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: Assignment: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: Assignment: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Task", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			v := &Task{}
+			if err := v.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			m.Item = &Assignment_Task{v}
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Secret", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			v := &Secret{}
+			if err := v.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			m.Item = &Assignment_Secret{v}
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Config", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			v := &Config{}
+			if err := v.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			m.Item = &Assignment_Config{v}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *AssignmentChange) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: AssignmentChange: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: AssignmentChange: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Assignment", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Assignment == nil {
+				m.Assignment = &Assignment{}
+			}
+			if err := m.Assignment.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Action", wireType)
+			}
+			m.Action = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Action |= AssignmentChange_Action(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *AssignmentsMessage) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: AssignmentsMessage: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: AssignmentsMessage: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Type", wireType)
+			}
+			m.Type = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Type |= AssignmentsMessage_Type(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field AppliesTo", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.AppliesTo = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ResultsIn", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.ResultsIn = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Changes", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Changes = append(m.Changes, &AssignmentChange{})
+			if err := m.Changes[len(m.Changes)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UpdateTaskStatusRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UpdateTaskStatusRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UpdateTaskStatusRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SessionID", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.SessionID = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Updates", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Updates = append(m.Updates, &UpdateTaskStatusRequest_TaskStatusUpdate{})
+			if err := m.Updates[len(m.Updates)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UpdateTaskStatusRequest_TaskStatusUpdate) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: TaskStatusUpdate: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: TaskStatusUpdate: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TaskID", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.TaskID = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Status", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowDispatcher
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Status == nil {
+				m.Status = &TaskStatus{}
+			}
+			if err := m.Status.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipDispatcher(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthDispatcher
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *UpdateTaskStatusResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowDispatcher
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: UpdateTaskStatusResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: UpdateTaskStatusResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
 		default:
 			iNdEx = preIndex
 			skippy, err := skipDispatcher(dAtA[iNdEx:])

@@ -28,6 +28,8 @@ func remotePolicy() ca.Policy {
 		"/flotilla.api.NodeCA/IssueNodeCertificate": {Roles: anyNode, AllowAnonymous: true},
 		"/flotilla.api.Dispatcher/Session":          {Roles: anyNode},
 		"/flotilla.api.Dispatcher/Heartbeat":        {Roles: anyNode},
+		"/flotilla.api.Dispatcher/Assignments":      {Roles: anyNode},
+		"/flotilla.api.Dispatcher/UpdateTaskStatus": {Roles: anyNode},
 		"/flotilla.api.Watch/Watch":                 {Roles: managers},
 		"/grpc.health.v1.Health/Check":              {AllowAnonymous: true},
 		"/grpc.health.v1.Health/Watch":              {AllowAnonymous: true},
