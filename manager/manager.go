@@ -28,6 +28,11 @@ import (
 	"github.com/flotilla/flotilla/manager/caserver"
 	"github.com/flotilla/flotilla/manager/controlapi"
 	"github.com/flotilla/flotilla/manager/dispatcher"
+	"github.com/flotilla/flotilla/manager/orchestrator/global"
+	"github.com/flotilla/flotilla/manager/orchestrator/replicated"
+	"github.com/flotilla/flotilla/manager/orchestrator/restart"
+	"github.com/flotilla/flotilla/manager/orchestrator/taskreaper"
+	"github.com/flotilla/flotilla/manager/scheduler"
 	"github.com/flotilla/flotilla/manager/store"
 	"github.com/flotilla/flotilla/manager/watchapi"
 	"github.com/flotilla/flotilla/raft"
@@ -76,6 +81,11 @@ type Manager struct {
 	watch      *watchapi.Server
 	caServer   *caserver.Server
 	dispatcher *dispatcher.Dispatcher
+	replicated *replicated.Orchestrator
+	global     *global.Orchestrator
+	restarts   *restart.Supervisor
+	reaper     *taskreaper.Reaper
+	scheduler  *scheduler.Scheduler
 	ready      chan struct{}
 }
 
@@ -115,6 +125,11 @@ func New(cfg Config) (*Manager, error) {
 		Managers: m.managerPeers,
 		Logger:   cfg.Logger,
 	})
+	m.replicated = replicated.New(m.store, replicated.Config{Logger: cfg.Logger})
+	m.global = global.New(m.store, global.Config{Logger: cfg.Logger})
+	m.restarts = restart.New(m.store, restart.Config{Logger: cfg.Logger})
+	m.reaper = taskreaper.New(m.store, taskreaper.Config{Logger: cfg.Logger})
+	m.scheduler = scheduler.New(m.store, cfg.Logger)
 	return m, nil
 }
 
@@ -250,6 +265,19 @@ func stopServer(s *grpc.Server) {
 	}
 }
 
+// leaderLoops are the components that run only while this manager leads.
+// They are built once and run again each term.
+func (m *Manager) leaderLoops() []func(context.Context) error {
+	return []func(context.Context) error{
+		m.dispatcher.Run,
+		m.replicated.Run,
+		m.global.Run,
+		m.restarts.Run,
+		m.reaper.Run,
+		m.scheduler.Run,
+	}
+}
+
 // listenUnix listens on a fresh unix socket that only the owner can use.
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
@@ -355,7 +383,9 @@ func (m *Manager) runLeader(ctx context.Context) error {
 	// Every leader-only loop runs under this group: one that fails ends the
 	// term's run, and Manager.leadership turns that into a failed manager.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return m.dispatcher.Run(gctx) })
+	for _, loop := range m.leaderLoops() {
+		g.Go(func() error { return loop(gctx) })
+	}
 	if err := g.Wait(); err != nil && ctx.Err() == nil {
 		return err
 	}

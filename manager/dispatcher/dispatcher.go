@@ -1,6 +1,8 @@
 // Package dispatcher is the leader's service for agents: it holds one session
 // per node, keeps nodes READY while they heartbeat and marks them DOWN when
-// they stop.
+// they stop, streams to each agent the tasks assigned to its node
+// (Assignments, see assignments.go) and records the agents' task status
+// reports (UpdateTaskStatus, see taskstatus.go).
 //
 // # Shape
 //
@@ -10,11 +12,11 @@
 // answer Unavailable, and when Run ends every open session ends with
 // Unavailable so that agents reconnect to the new leader.
 //
-// Run's goroutine owns every node status write and the store watch. Handlers
-// share the in-memory session table with it under one RWMutex; a heartbeat
-// takes the read lock and stores the node's new expiry in an atomic, so it
-// costs no store write and no allocation beyond its response. Expiry times
-// live in memory only.
+// Run's goroutine owns every store write (node and task statuses) and the
+// store watch. Handlers share the in-memory session table with it under one
+// RWMutex; a heartbeat takes the read lock and stores the node's new expiry
+// in an atomic, so it costs no store write and no allocation beyond its
+// response. Expiry times live in memory only.
 //
 // # Timing
 //
@@ -52,6 +54,16 @@
 // node's record changes. The session ends with Aborted when a newer session
 // of the node replaces it, NotFound when the node is removed, DeadlineExceeded
 // when the node is marked DOWN, Unavailable when Run ends.
+//
+// # Tasks
+//
+// Run's store watch is the only one: it also carries task changes, which Run
+// hands to the Assignments streams of the nodes concerned (a map node ID ->
+// stream). Each stream batches them (at most one incremental message per
+// AssignmentsBatchWindow, AssignmentsBatchMax changes at most) and sends
+// only what the agent cares about: not status changes. Status reports are
+// queued in memory and written by Run in one batch per StatusFlushInterval
+// for all nodes; a status is durable once flushed.
 package dispatcher
 
 import (
@@ -139,6 +151,20 @@ type Config struct {
 	GracePeriod time.Duration
 	// Logger; nil means slog.Default().
 	Logger *slog.Logger
+
+	// StatusFlushInterval is how long task status reports wait in memory
+	// before Run writes them, all nodes together, in one store batch: the
+	// first report after a flush is written this much later. Zero means
+	// DefaultStatusFlushInterval.
+	StatusFlushInterval time.Duration
+	// AssignmentsBatchWindow is the least time between two incremental
+	// messages of an Assignments stream; changes that come in between are
+	// sent together when it ends. Zero means DefaultAssignmentsBatchWindow.
+	AssignmentsBatchWindow time.Duration
+	// AssignmentsBatchMax is the most changes in one incremental message;
+	// a stream with that many waiting sends at once. Zero means
+	// DefaultAssignmentsBatchMax.
+	AssignmentsBatchMax int
 }
 
 // Dispatcher serves agents' sessions and heartbeats while Run runs.
@@ -157,9 +183,19 @@ type Dispatcher struct {
 
 	mu       sync.RWMutex
 	running  bool
-	sessions map[string]*session // by session ID: sessions with an open stream
-	nodes    map[string]*session // by node ID: the node's session, or a placeholder
-	regs     []*session          // sessions waiting for their READY write
+	sessions map[string]*session   // by session ID: sessions with an open stream
+	nodes    map[string]*session   // by node ID: the node's session, or a placeholder
+	regs     []*session            // sessions waiting for their READY write
+	assigns  map[string]*assignSub // by node ID: the node's Assignments stream
+	// assignVersion is the store version of the last change Run handed to
+	// the Assignments streams (written under mu's read lock by Run).
+	assignVersion atomic.Uint64
+
+	// Task status reports waiting for Run's flush (see taskstatus.go).
+	smu      sync.Mutex
+	squeue   map[string]queuedStatus // by task ID
+	sflushAt time.Time               // when the queue is due, set when it stops being empty
+	skick    chan struct{}           // the queue stopped being empty
 }
 
 type heartbeatPeriod struct {
@@ -182,12 +218,23 @@ func New(cfg Config) *Dispatcher {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.StatusFlushInterval <= 0 {
+		cfg.StatusFlushInterval = DefaultStatusFlushInterval
+	}
+	if cfg.AssignmentsBatchWindow <= 0 {
+		cfg.AssignmentsBatchWindow = DefaultAssignmentsBatchWindow
+	}
+	if cfg.AssignmentsBatchMax <= 0 {
+		cfg.AssignmentsBatchMax = DefaultAssignmentsBatchMax
+	}
 	d := &Dispatcher{
-		cfg:   cfg,
-		log:   cfg.Logger.With("module", "dispatcher"),
-		clock: cfg.Clock,
-		epoch: cfg.Clock.Now(),
-		kick:  make(chan struct{}, 1),
+		cfg:    cfg,
+		log:    cfg.Logger.With("module", "dispatcher"),
+		clock:  cfg.Clock,
+		epoch:  cfg.Clock.Now(),
+		kick:   make(chan struct{}, 1),
+		squeue: map[string]queuedStatus{},
+		skick:  make(chan struct{}, 1),
 	}
 	d.period.Store(newPeriod(defaults.HeartbeatPeriod))
 	return d
@@ -431,7 +478,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		clusters []*api.Cluster
 		ferr     error
 	)
-	w, _, err := d.cfg.Store.ViewAndWatch(func(tx store.ReadTx) {
+	w, version, err := d.cfg.Store.ViewAndWatch(func(tx store.ReadTx) {
 		nodes, ferr = store.Find[*api.Node](tx, store.All())
 		if ferr == nil {
 			clusters, ferr = store.Find[*api.Cluster](tx, store.All())
@@ -447,7 +494,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return fmt.Errorf("dispatcher: read the store: %w", err)
 	}
 
-	l := &loop{d: d, ctx: ctx, w: w}
+	l := &loop{d: d, ctx: ctx, w: w, own: map[string]uint64{}}
 	l.setPeriod(clusters)
 	now := d.clock.Now()
 	grace := d.cfg.GracePeriod
@@ -466,8 +513,13 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.nodes = map[string]*session{}
 	d.sessions = map[string]*session{}
 	d.regs = nil
+	d.assigns = map[string]*assignSub{}
+	d.assignVersion.Store(version)
 	ready := l.resyncLocked(nodes, now)
 	d.mu.Unlock()
+	d.smu.Lock()
+	clear(d.squeue)
+	d.smu.Unlock()
 	l.checkManagers()
 	d.log.Info("dispatcher started", "nodes.ready", ready, "grace", grace,
 		"heartbeat.period", d.period.Load().d)
@@ -488,14 +540,24 @@ type loop struct {
 	timerAt  time.Time
 	lastDown time.Time
 	managers []*api.WeightedPeer
+	// stimer fires when the queued task statuses are due (stimerAt).
+	stimer   Timer
+	stimerAt time.Time
+	// own maps the tasks of committed status flushes to the version they
+	// were written from: their changes on the watch are status-only.
+	own map[string]uint64
 }
 
 func (l *loop) run() error {
 	for {
 		l.flush()
-		var fired <-chan time.Time
+		l.armStatus()
+		var fired, sfired <-chan time.Time
 		if l.timer != nil {
 			fired = l.timer.C()
+		}
+		if l.stimer != nil {
+			sfired = l.stimer.C()
 		}
 		select {
 		case <-l.ctx.Done():
@@ -509,8 +571,12 @@ func (l *loop) run() error {
 			}
 			l.apply(c)
 		case <-l.d.kick:
+		case <-l.d.skick:
 		case <-fired:
 			l.timer = nil
+		case <-sfired:
+			l.stimer = nil
+			l.flushStatuses()
 		}
 	}
 }
@@ -522,12 +588,24 @@ func (l *loop) stop() {
 	if l.timer != nil {
 		l.timer.Stop()
 	}
+	if l.stimer != nil {
+		l.stimer.Stop()
+	}
 	l.w.Close()
 	d.mu.Lock()
 	d.running = false
 	all := d.nodes
-	d.nodes, d.sessions, d.regs = nil, nil, nil
+	d.nodes, d.sessions, d.regs, d.assigns = nil, nil, nil, nil
 	d.mu.Unlock()
+	// Statuses not flushed are lost: the agents report them again to the
+	// next leader (see taskstatus.go).
+	d.smu.Lock()
+	dropped := len(d.squeue)
+	clear(d.squeue)
+	d.smu.Unlock()
+	if dropped > 0 {
+		d.log.Info("task statuses not written before the dispatcher stopped", "tasks", dropped)
+	}
 	for _, s := range all {
 		s.end(errStopped)
 	}
@@ -544,7 +622,7 @@ func (l *loop) rewatch() error {
 		clusters []*api.Cluster
 		ferr     error
 	)
-	w, _, err := d.cfg.Store.ViewAndWatch(func(tx store.ReadTx) {
+	w, version, err := d.cfg.Store.ViewAndWatch(func(tx store.ReadTx) {
 		nodes, ferr = store.Find[*api.Node](tx, store.All())
 		if ferr == nil {
 			clusters, ferr = store.Find[*api.Cluster](tx, store.All())
@@ -564,6 +642,9 @@ func (l *loop) rewatch() error {
 	now := d.clock.Now()
 	d.mu.Lock()
 	l.resyncLocked(nodes, now)
+	// The watch may have missed task changes: every Assignments stream
+	// starts again from a complete set.
+	l.resyncAssignsLocked(version)
 	d.mu.Unlock()
 	l.checkManagers()
 	return nil
@@ -618,9 +699,11 @@ func (l *loop) nodeChangedLocked(n *api.Node, now time.Time) {
 // apply handles one store change.
 func (l *loop) apply(c store.Change) {
 	d := l.d
-	var nodes, managers bool
+	var nodes, managers, tasks bool
 	for _, ev := range c.Events {
 		switch o := ev.Object.(type) {
+		case *api.Task:
+			tasks = true
 		case *api.Node:
 			nodes = true
 			if isManager(o) {
@@ -663,6 +746,11 @@ func (l *loop) apply(c store.Change) {
 	}
 	if managers {
 		l.checkManagers()
+	}
+	if tasks {
+		l.routeTasks(c)
+	} else {
+		d.assignVersion.Store(c.Version)
 	}
 }
 

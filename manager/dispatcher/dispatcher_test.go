@@ -61,6 +61,7 @@ type harness struct {
 type options struct {
 	realClock bool
 	hook      func(s *store.MemoryStore, tr *api.StoreTransaction) []api.StoreAction
+	gate      func(tr *api.StoreTransaction)
 }
 
 type option func(*options)
@@ -73,20 +74,35 @@ func withProposerHook(hook func(s *store.MemoryStore, tr *api.StoreTransaction) 
 	return func(o *options) { o.hook = hook }
 }
 
-// hookProposer is storetest's proposer with a hook.
+// withProposerGate calls gate with every transaction before it is
+// proposed, outside the proposer's lock: a gate that blocks holds up that
+// proposal (and its proposer) while other writers go on.
+func withProposerGate(gate func(tr *api.StoreTransaction)) option {
+	return func(o *options) { o.gate = gate }
+}
+
+// hookProposer is storetest's proposer with a hook and a gate.
 type hookProposer struct {
 	mu    sync.Mutex
 	index uint64
 	s     *store.MemoryStore
 	hook  func(s *store.MemoryStore, tr *api.StoreTransaction) []api.StoreAction
+	gate  func(tr *api.StoreTransaction)
 }
 
 func (p *hookProposer) Propose(_ context.Context, data []byte) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	var tr api.StoreTransaction
 	if err := tr.Unmarshal(data); err != nil {
 		return err
+	}
+	if p.gate != nil {
+		p.gate(&tr)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.hook == nil {
+		p.index++
+		return p.s.Apply(p.index, data)
 	}
 	if pre := p.hook(p.s, &tr); pre != nil {
 		b, err := (&api.StoreTransaction{Actions: pre}).Marshal()
@@ -114,8 +130,8 @@ func newHarness(t testing.TB, opts ...option) *harness {
 		s *store.MemoryStore
 		p *storetest.Proposer
 	)
-	if o.hook != nil {
-		hp := &hookProposer{hook: o.hook}
+	if o.hook != nil || o.gate != nil {
+		hp := &hookProposer{hook: o.hook, gate: o.gate}
 		s = store.New(hp)
 		hp.s = s
 	} else {

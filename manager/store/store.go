@@ -95,7 +95,11 @@ func newDB() *memdb.MemDB {
 	if err != nil {
 		panic(fmt.Sprintf("store: invalid schema: %v", err))
 	}
-	return db
+	// A memdb snapshot is a full database that does not track mutations for
+	// memdb's watch channels, which we do not use (we have our own watch
+	// queue). Tracking costs a walk of the whole index on every commit of
+	// more than 8,192 changes: about a quarter of the CPU of big batches.
+	return db.Snapshot()
 }
 
 // Version is the raft index of the last applied change.
