@@ -1,6 +1,6 @@
 // Package agent is the worker side of a node: it holds a session with the
-// cluster's dispatcher and, later, runs the tasks assigned to the node
-// through an exec.Executor.
+// cluster's dispatcher and runs the tasks assigned to the node through an
+// exec.Executor.
 //
 // The session loop, run by Agent.Run, does in order:
 //
@@ -16,6 +16,18 @@
 //  5. on any failure close the connection and go back to 1, after a
 //     backoff with full jitter (see backoff), or at once when a heartbeat
 //     says the session is unknown (the manager lost or replaced it).
+//
+// Within each session the agent also reads the Assignments stream (see
+// worker.go): the first message is the complete set of the node's tasks,
+// later ones change it. Every assigned task is recorded in the task DB
+// (Config.TaskDB) and run by a goroutine of its own that calls exec.Do until
+// the task reaches its desired state or a terminal state (taskmanager.go);
+// tasks no longer assigned are shut down, removed and forgotten. Each status
+// a task reaches is recorded in the task DB and reported to the dispatcher
+// with UpdateTaskStatus, in batches (reporter.go). Tasks outlive sessions:
+// they run on while the agent reconnects, and the latest statuses are sent
+// again to each new session. They also outlive the agent: Run does not stop
+// them when it returns, and the next Run resumes them from the task DB.
 //
 // Run returns nil when its context ends, and an error wrapping
 // ErrNodeRemoved when the managers no longer know the node.
@@ -37,6 +49,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/flotilla/flotilla/agent/exec"
+	"github.com/flotilla/flotilla/agent/taskdb"
 	"github.com/flotilla/flotilla/api"
 )
 
@@ -69,8 +82,13 @@ type Config struct {
 	// API); the list is then refreshed from SessionMessage.managers. At
 	// least one is required.
 	Managers []string
-	// Executor describes the node (and, later, runs its tasks).
+	// Executor describes the node and runs its tasks.
 	Executor exec.Executor
+	// TaskDB is the file of the node's task DB, the tasks assigned to it and
+	// their last status, so that a restarted agent resumes them (a node
+	// uses <state-dir>/worker/tasks.db). Empty keeps them in memory only:
+	// for tests and simulated agents.
+	TaskDB string
 	// Clock drives heartbeat and reconnect waits (default: RealClock).
 	Clock Clock
 	// Logger (default slog.Default()); it should carry the node.id attribute.
@@ -89,10 +107,14 @@ type Agent struct {
 	rnd      *rand.Rand
 	managers *managerList
 	isReady  bool
+	worker   *worker // set by Run before the first session
+
+	noAssignments atomic.Bool // a manager did not stream assignments (logged once)
 
 	mu        sync.Mutex // guards the fields below, read by accessors
 	sessionID string
 	node      *api.Node
+	store     taskdb.Store // while Run runs
 }
 
 // New makes an agent; it starts nothing.
@@ -134,6 +156,17 @@ func (a *Agent) Node() *api.Node {
 	return a.node.Copy()
 }
 
+// Tasks lists the tasks the agent runs, each with the last status it
+// observed, as its task DB holds them; nil when Run is not running.
+func (a *Agent) Tasks() ([]*api.Task, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.store == nil {
+		return nil, nil
+	}
+	return a.store.List()
+}
+
 // Run holds sessions until ctx ends, then returns nil with everything it
 // started stopped and its connection closed. It returns an error for
 // conditions retrying cannot fix: a bad Config, or the node removed from the
@@ -150,6 +183,36 @@ func (a *Agent) Run(ctx context.Context) error {
 	case len(a.managers.addrs) == 0:
 		return errors.New("agent: no manager address to connect to: give a join address or run as a manager")
 	}
+
+	var store taskdb.Store = taskdb.NewMemory()
+	if a.cfg.TaskDB != "" {
+		db, err := taskdb.Open(a.cfg.TaskDB)
+		if err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		store = db
+	}
+	w := newWorker(a.cfg.Executor, store, a.log)
+	if err := w.load(); err != nil {
+		store.Close()
+		return fmt.Errorf("agent: task DB %s: %w (move the file aside to start with no tasks)", a.cfg.TaskDB, err)
+	}
+	a.worker = w
+	a.mu.Lock()
+	a.store = store
+	a.mu.Unlock()
+	wctx, stopWorker := context.WithCancel(ctx)
+	go w.run(wctx)
+	defer func() {
+		stopWorker()
+		<-w.stopped
+		a.mu.Lock()
+		a.store = nil
+		a.mu.Unlock()
+		if err := store.Close(); err != nil {
+			a.log.Error("close the task DB", "error", err)
+		}
+	}()
 
 	var (
 		attempt      int       // failed attempts since the last long session
@@ -314,6 +377,22 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 		<-recvDone
 	}()
 
+	// The assignments stream, read by its own goroutine; it hands the
+	// messages to the worker.
+	asgErr := make(chan error, 1)
+	asgDone := make(chan struct{})
+	go func() {
+		defer close(asgDone)
+		if err := a.assignments(sctx, client, addr, sessionID); err != nil && sctx.Err() == nil {
+			asgErr <- err
+		}
+	}()
+	defer func() {
+		cancel()
+		<-asgDone
+		a.worker.rep.clearSession(sessionID)
+	}()
+
 	period := DefaultHeartbeatPeriod
 	now := make(chan time.Time)
 	close(now)
@@ -338,6 +417,9 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 				res.err = fmt.Errorf("session stream from manager %s: %w", addr, err)
 			}
 			return res
+		case err := <-asgErr:
+			res.err = err
+			return res
 		case <-due:
 			next, err := a.heartbeat(sctx, client, addr, sessionID, period)
 			if err != nil {
@@ -349,6 +431,53 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 			timer = a.clock.NewTimer(heartbeatWait(period, a.rnd))
 			due = timer.C()
 		}
+	}
+}
+
+// assignments reads the session's Assignments stream and has the worker
+// apply each message, until the stream fails or ctx ends. Statuses go to
+// this session once its first message is applied (so that tasks it no
+// longer has are forgotten first). A manager that does not stream
+// assignments (Unimplemented: an older version) leaves the session as it
+// is, with no tasks.
+func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, addr, sessionID string) error {
+	stream, err := client.Assignments(ctx, &api.AssignmentsRequest{SessionID: sessionID})
+	var m *api.AssignmentsMessage
+	if err == nil {
+		m, err = stream.Recv()
+	}
+	if status.Code(err) == codes.Unimplemented {
+		if a.noAssignments.CompareAndSwap(false, true) {
+			a.log.Info("the manager does not assign tasks (an older version?); no task runs here until one does",
+				"manager", addr, "error", status.Convert(err).Message())
+		}
+		a.worker.rep.setSession(client, sessionID)
+		<-ctx.Done()
+		return nil
+	}
+	var resultsIn string // of the last message applied
+	for first := true; ; first = false {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("manager %s ended the assignments stream", addr)
+		}
+		if status.Code(err) == codes.NotFound {
+			return fmt.Errorf("%w (manager %s: %s)", errSessionInvalid, addr, status.Convert(err).Message())
+		}
+		if err != nil {
+			return fmt.Errorf("assignments stream from manager %s: %w", addr, err)
+		}
+		if m.Type == api.AssignmentsIncremental && m.AppliesTo != "" && resultsIn != "" && m.AppliesTo != resultsIn {
+			// A message was lost: start again from a complete set.
+			return fmt.Errorf("manager %s sent assignments out of sequence (applies to %q, last applied %q)", addr, m.AppliesTo, resultsIn)
+		}
+		if err := a.worker.assign(ctx, m); err != nil {
+			return err
+		}
+		resultsIn = m.ResultsIn
+		if first {
+			a.worker.rep.setSession(client, sessionID)
+		}
+		m, err = stream.Recv()
 	}
 }
 

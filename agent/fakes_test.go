@@ -83,6 +83,8 @@ type fakeManager struct {
 	refuseSession func(n int) error
 	// refuseBeat, if set, answers heartbeat n (0-based) of a session with an error.
 	refuseBeat func(sessionID string, n int) error
+
+	dispatch fakeDispatch // Assignments and UpdateTaskStatus (fakes_tasks_test.go)
 }
 
 type fakeStream struct {
@@ -93,6 +95,7 @@ type fakeStream struct {
 func (n *fakeNet) startManager(t *testing.T, addr string) *fakeManager {
 	t.Helper()
 	m := &fakeManager{addr: addr, beats: map[string]int{}, open: map[string]*fakeStream{}, period: time.Hour}
+	m.dispatch.init()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
 	api.RegisterDispatcherServer(srv, m)
@@ -409,14 +412,34 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// agentGoroutines lists the stacks of goroutines still in agent code.
+// agentGoroutines lists the stacks of goroutines still in agent code: the
+// session loop, the task runner, task steps, the task DB. Goroutines on
+// their way out (bbolt ends a batch's goroutine after its callers have
+// their results) get up to 2s to finish.
 func agentGoroutines() []string {
-	buf := make([]byte, 1<<20)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		left := agentGoroutinesNow()
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func agentGoroutinesNow() []string {
+	buf := make([]byte, 1<<22)
 	buf = buf[:runtime.Stack(buf, true)]
 	var left []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "flotilla/agent.(*Agent)") {
-			left = append(left, g)
+		for _, code := range []string{
+			"flotilla/agent.(*Agent)", "flotilla/agent.(*worker)", "flotilla/agent.(*taskManager)",
+			"flotilla/agent.(*reporter)", "flotilla/agent/exec", "flotilla/agent/taskdb", "go.etcd.io/bbolt",
+		} {
+			if strings.Contains(g, code) {
+				left = append(left, g)
+				break
+			}
 		}
 	}
 	return left

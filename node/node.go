@@ -219,6 +219,7 @@ func (n *Node) Start(ctx context.Context) error {
 		Dial:     n.dial,
 		Managers: managers,
 		Executor: executor,
+		TaskDB:   filepath.Join(n.cfg.StateDir, "worker", "tasks.db"),
 		Logger:   logger,
 	})
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -272,11 +273,16 @@ func (n *Node) executor() (exec.Executor, error) {
 	}
 }
 
-// hostExecutor describes the host for an executor that runs no tasks yet.
+// hostExecutor stands for an executor this version does not have yet (the
+// containerd one): it describes the host and rejects every task, saying why.
 type hostExecutor struct{ hostname, name string }
 
 func (h hostExecutor) Describe(context.Context) (*api.NodeDescription, error) {
 	return exec.HostDescription(h.hostname, h.name)
+}
+
+func (h hostExecutor) Controller(*api.Task) (exec.Controller, error) {
+	return nil, fmt.Errorf("the %s executor cannot run tasks in this version: run swarmd with --executor sim", h.name)
 }
 
 // defaultAdvertiseAddr is the bound address, or when bound to all

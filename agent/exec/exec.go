@@ -1,16 +1,32 @@
 // Package exec is the boundary between the agent and whatever runs tasks on
 // a node (DESIGN.md §4).
 //
-// An Executor describes the node: what it is (hostname, platform), what it
-// has (CPU, memory) and what runs its tasks (the engine). The agent sends
-// that description to the dispatcher each time it opens a session.
+// An Executor describes the node (what it is, what it has, what runs its
+// tasks; sent to the dispatcher with each new session) and makes a
+// Controller for each task assigned to the node. A Controller drives one
+// task's container (or whatever stands for it): Prepare, Start, Wait,
+// Shutdown, Terminate, Remove, Close.
 //
-// Task execution arrives with the next issue: Executor will also make a
-// Controller for a task (Prepare, Start, Wait, Shutdown, Terminate, Remove,
-// Close), and this package will hold the one pure step function that
-// advances a task by one state given its desired state and its Controller.
-// Optional capabilities (logs, health, ports) will be separate interfaces
-// found by type assertion, so a small executor stays small.
+// Do is the task state machine: one pure function that, given a task (its
+// observed status and desired state) and its Controller, performs at most
+// one transition and returns the new status. The agent's task runner calls
+// it in a loop, one goroutine per task, and reports each new status:
+//
+//	for {
+//		status, err := exec.Do(ctx, task, ctlr)
+//		// record and report status if it changed, then:
+//		// err == nil: call again at once
+//		// ErrTaskNoop: wait for the task (its desired state) to change
+//		// ErrTaskRetry: call again after a backoff
+//	}
+//
+// Optional capabilities are separate interfaces a Controller may also
+// implement, found by type assertion, so a small executor stays small.
+// ContainerStatuser (container ID and PID in the reported status) is the
+// first; logs (a ControllerLogs with Logs(ctx, options, publisher)), health
+// checks (a Health(ctx) returning the latest api.HealthState) and published
+// ports (a PortStatus(ctx) returning *api.PortStatus) will follow the same
+// pattern when their features arrive.
 //
 // Implementations: agent/exec/sim (tasks run without containers, for
 // in-process tests and the scale simulator; never a silent default) and,
@@ -31,6 +47,14 @@ type Executor interface {
 	// for every new session, so changes (more memory, new labels) reach the
 	// managers on the next reconnect.
 	Describe(ctx context.Context) (*api.NodeDescription, error)
+	// Controller makes the controller of task t. It must not start
+	// anything: the agent also calls it for a task it finds in its task DB
+	// after a restart, whose container may already run (the controller
+	// then adopts it: Prepare and Start answer ErrTaskPrepared and
+	// ErrTaskStarted, Wait waits for the running container). An error means
+	// the task cannot run on this node: it is rejected (or, if it was
+	// running, failed).
+	Controller(t *api.Task) (Controller, error)
 }
 
 // HostDescription describes the machine the process runs on: the hostname

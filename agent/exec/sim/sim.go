@@ -3,13 +3,25 @@
 // plane on one machine. It is never a silent default: a node uses it only
 // when asked to (--executor sim).
 //
-// For now it only describes the node; running simulated tasks arrives with
-// task execution.
+// A simulated task prepares and starts at once and then runs until it is
+// shut down or terminated; nothing is kept outside the agent's memory, so a
+// controller made for a task the agent's task DB says is running (after an
+// agent restart) simply carries on running it.
+//
+// Exit codes can be simulated: a task whose container spec has the
+// environment variable SIM_EXIT=<code> (swarmctl service create --env
+// SIM_EXIT=3), or the container label SIM_EXIT, exits with that code as
+// soon as it runs: 0 completes it, anything else fails it (useful to
+// exercise restart policies). An unparsable value rejects the task.
 package sim
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/flotilla/flotilla/agent/exec"
 	"github.com/flotilla/flotilla/api"
@@ -17,6 +29,10 @@ import (
 
 // Name is the executor's name in EngineDescription.Executor.
 const Name = "sim"
+
+// ExitEnv is the environment variable (or container label) that makes a
+// simulated task exit with the code it holds.
+const ExitEnv = "SIM_EXIT"
 
 // Executor is the simulated executor.
 type Executor struct {
@@ -43,4 +59,120 @@ func (e *Executor) Describe(ctx context.Context) (*api.NodeDescription, error) {
 		d.Engine.Labels = maps.Clone(e.labels)
 	}
 	return d, nil
+}
+
+// Controller makes the controller of a simulated task.
+func (e *Executor) Controller(t *api.Task) (exec.Controller, error) {
+	c := &Controller{stopped: make(chan struct{})}
+	code, ok, err := exitCode(t.Spec.Container)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: %w", t.ID, err)
+	}
+	if ok {
+		c.exit = &code
+	}
+	return c, nil
+}
+
+// exitCode reads SIM_EXIT from the container spec: its environment first,
+// then its labels.
+func exitCode(c *api.ContainerSpec) (code int, ok bool, err error) {
+	if c == nil {
+		return 0, false, nil
+	}
+	val, found := "", false
+	for _, kv := range c.Env {
+		if v, isExit := strings.CutPrefix(kv, ExitEnv+"="); isExit {
+			val, found = v, true // the last one wins, as in a shell
+		}
+	}
+	if !found {
+		val, found = c.Labels[ExitEnv]
+	}
+	if !found {
+		return 0, false, nil
+	}
+	code, err = strconv.Atoi(strings.TrimSpace(val))
+	if err != nil || code < 0 || code > 255 {
+		return 0, false, fmt.Errorf("%s=%q: want an exit code from 0 to 255", ExitEnv, val)
+	}
+	return code, true, nil
+}
+
+// Controller is a simulated task: Prepare and Start succeed at once; Wait
+// blocks until Shutdown or Terminate (then returns nil) or, with SIM_EXIT,
+// returns the simulated exit at once.
+type Controller struct {
+	exit    *int // SIM_EXIT, if set
+	stopped chan struct{}
+
+	mu        sync.Mutex
+	calls     map[string]int
+	isStopped bool
+}
+
+var _ exec.Controller = (*Controller)(nil)
+
+func (c *Controller) record(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.calls == nil {
+		c.calls = map[string]int{}
+	}
+	c.calls[name]++
+}
+
+// Calls reports how many times method name ("prepare", "start", "wait",
+// "shutdown", "terminate", "remove", "close") was called: the simulator's
+// equivalent of looking at the containers.
+func (c *Controller) Calls(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls[name]
+}
+
+// Prepare does nothing.
+func (c *Controller) Prepare(context.Context) error { c.record("prepare"); return nil }
+
+// Start does nothing: the task "runs" from now on.
+func (c *Controller) Start(context.Context) error { c.record("start"); return nil }
+
+// Wait returns the SIM_EXIT exit (nil for 0, an *exec.ExitError otherwise)
+// at once if the task has one; otherwise it blocks until the task is shut
+// down or terminated (nil: a simulated task stops cleanly) or ctx ends.
+func (c *Controller) Wait(ctx context.Context) error {
+	c.record("wait")
+	if c.exit != nil {
+		if *c.exit == 0 {
+			return nil
+		}
+		return &exec.ExitError{Code: *c.exit}
+	}
+	select {
+	case <-c.stopped:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Shutdown stops the task; Wait returns nil.
+func (c *Controller) Shutdown(context.Context) error { c.record("shutdown"); c.stop(); return nil }
+
+// Terminate stops the task as Shutdown does.
+func (c *Controller) Terminate(context.Context) error { c.record("terminate"); c.stop(); return nil }
+
+// Remove does nothing: a simulated task leaves nothing behind.
+func (c *Controller) Remove(context.Context) error { c.record("remove"); return nil }
+
+// Close does nothing; the task, if running, "keeps running".
+func (c *Controller) Close() error { c.record("close"); return nil }
+
+func (c *Controller) stop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.isStopped {
+		c.isStopped = true
+		close(c.stopped)
+	}
 }

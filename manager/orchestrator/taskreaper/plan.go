@@ -41,15 +41,21 @@ func keepOf(tasks []*api.Task, limit int64, globalNodeGone bool) int64 {
 //     gone, once dead;
 //   - history (not current, not REMOVE) beyond the newest keep (negative:
 //     no limit), oldest first, once dead.
-func reapSlot(tasks []*api.Task, keep int64, serviceGone bool, nodeGone func(string) bool) []*api.Task {
+func reapSlot(tasks []*api.Task, keep int64, serviceGone bool, nodeGone, nodeDown func(string) bool) []*api.Task {
 	dead := func(t *api.Task) bool {
 		return !orchestrator.Live(t) || t.NodeID != "" && nodeGone(t.NodeID)
+	}
+	// A task to remove whose node is DOWN can go at once: when the node
+	// comes back, its agent stops whatever its complete assignment set no
+	// longer holds.
+	removable := func(t *api.Task) bool {
+		return dead(t) || t.NodeID != "" && nodeDown(t.NodeID)
 	}
 	var reap, history []*api.Task
 	for _, t := range tasks {
 		switch {
 		case serviceGone || t.DesiredState == api.TaskStateRemove:
-			if dead(t) {
+			if removable(t) {
 				reap = append(reap, t)
 			}
 		case !orchestrator.IsCurrent(t):

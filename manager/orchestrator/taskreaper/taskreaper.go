@@ -111,7 +111,7 @@ func (r *Reaper) Handle(ctx context.Context, changes []store.Change) error {
 					services[obj.ID] = true
 				}
 			case *api.Node:
-				if ev.Action == api.WatchActionKindRemove {
+				if ev.Action == api.WatchActionKindRemove || obj.Status.State == api.NodeStatusDown {
 					nodes[obj.ID] = true
 				}
 			case *api.Cluster:
@@ -163,6 +163,10 @@ func (r *Reaper) Handle(ctx context.Context, changes []store.Change) error {
 func (r *Reaper) plan(tx store.ReadTx, slots map[slotKey][]*api.Task) []orchestrator.Write {
 	node := orchestrator.Nodes(tx)
 	nodeGone := func(id string) bool { return node(id) == nil }
+	nodeDown := func(id string) bool {
+		n := node(id)
+		return n != nil && n.Status.State == api.NodeStatusDown
+	}
 	services := map[string]bool{}
 	var writes []orchestrator.Write
 	for k, ts := range slots {
@@ -175,7 +179,7 @@ func (r *Reaper) plan(tx store.ReadTx, slots map[slotKey][]*api.Task) []orchestr
 			services[k.service] = exists
 		}
 		keep := keepOf(ts, r.limit, k.slot == 0 && k.node != "" && nodeGone(k.node))
-		for _, t := range reapSlot(ts, keep, !exists, nodeGone) {
+		for _, t := range reapSlot(ts, keep, !exists, nodeGone, nodeDown) {
 			writes = append(writes, deleteTask(t.ID))
 		}
 	}
@@ -212,15 +216,18 @@ func slotTasks(tx store.ReadTx, k slotKey) ([]*api.Task, error) {
 }
 
 // deleteTask deletes a task, unless it came back to life meanwhile (it is
-// current and its service exists, or it is live on an existing node).
+// current and its service exists, or it is live on an existing node that
+// will still stop it).
 func deleteTask(id string) orchestrator.Write {
 	return func(tx store.Tx) error {
 		t := store.Get[*api.Task](tx, id)
 		if t == nil {
 			return nil
 		}
+		n := store.Get[*api.Node](tx, t.NodeID)
+		removedOnDownNode := t.DesiredState == api.TaskStateRemove && n != nil && n.Status.State == api.NodeStatusDown
 		if orchestrator.IsCurrent(t) && store.Get[*api.Service](tx, t.ServiceID) != nil ||
-			orchestrator.Live(t) && store.Get[*api.Node](tx, t.NodeID) != nil {
+			orchestrator.Live(t) && n != nil && !removedOnDownNode {
 			return orchestrator.ErrChanged
 		}
 		return tx.Delete(api.KindTask, id)

@@ -232,6 +232,23 @@ func TestRemovedNodeReleasesItsTasks(t *testing.T) {
 	}
 }
 
+// A removed task on a DOWN node is deleted at once (the agent stops what its
+// complete assignment set lacks when it returns); on a READY node it waits.
+func TestRemovedTaskOnDownNodeIsDeleted(t *testing.T) {
+	f := setup(t, orchestratortest.Replicated("web", 1))
+	f.Reconcile(f.r)
+	task := f.task(1, api.TaskStateRemove, api.TaskStateRunning) // on a
+	f.Settle(f.r)
+	if f.Task(task.ID) == nil {
+		t.Fatal("a running removed task on a READY node was deleted")
+	}
+	f.SetNodeState("a", api.NodeStatusDown)
+	f.Settle(f.r)
+	if f.Task(task.ID) != nil {
+		t.Fatal("a removed task on a DOWN node was kept")
+	}
+}
+
 func TestTasksOfRemovedService(t *testing.T) {
 	f := setup(t, orchestratortest.Replicated("web", 2))
 	f.Reconcile(f.r)
