@@ -6,7 +6,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 BIN := bin
 # Packages whose tests run under the race detector too (they are concurrent).
-RACE_PKGS := ./raft/... ./manager/... ./node/... ./agent/... ./ca/...
+RACE_PKGS := ./raft/... ./manager/... ./node/... ./agent/... ./ca/... ./clock/...
 
 .PHONY: all build deps generate check-generated vet test test-unit test-race bench run clean
 

@@ -1,144 +1,20 @@
 package dispatcher
 
 import (
-	"sort"
-	"sync"
 	"time"
+
+	"github.com/flotilla/flotilla/clock"
 )
 
-// Clock is the time source of the dispatcher. Deadlines are absolute
-// (TimerAt), so a loop that reads Now and then arms a timer cannot miss a
-// deadline because time moved in between; with a fake clock that matters.
-type Clock interface {
-	Now() time.Time
-	// NewTimer returns a timer that fires once d has passed.
-	NewTimer(d time.Duration) Timer
-	// TimerAt returns a timer that fires once the clock reaches t (at once
-	// if it already has).
-	TimerAt(t time.Time) Timer
-}
+// The dispatcher's time source; see package clock.
+type (
+	Clock     = clock.Clock
+	Timer     = clock.Timer
+	FakeClock = clock.Fake
+)
 
-// Timer fires once, on C.
-type Timer interface {
-	C() <-chan time.Time
-	// Stop prevents the timer from firing; it reports whether it did so.
-	Stop() bool
-}
+// RealClock is the wall clock.
+func RealClock() Clock { return clock.Real() }
 
-// RealClock is the wall clock (with Go's monotonic readings).
-func RealClock() Clock { return realClock{} }
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                 { return time.Now() }
-func (realClock) NewTimer(d time.Duration) Timer { return realTimer{time.NewTimer(d)} }
-func (realClock) TimerAt(t time.Time) Timer      { return realTimer{time.NewTimer(time.Until(t))} }
-
-type realTimer struct{ t *time.Timer }
-
-func (t realTimer) C() <-chan time.Time { return t.t.C }
-func (t realTimer) Stop() bool          { return t.t.Stop() }
-
-// FakeClock is a Clock for tests: time stands still until Advance or Set
-// moves it, and timers fire (in deadline order) when it passes their deadline.
-// It is safe for concurrent use.
-type FakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	timers []*fakeTimer
-}
-
-// NewFakeClock returns a fake clock that reads start.
-func NewFakeClock(start time.Time) *FakeClock { return &FakeClock{now: start} }
-
-// Now returns the fake time.
-func (c *FakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-// Advance moves the clock forward by d and fires the timers that are due.
-func (c *FakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.setLocked(c.now.Add(d))
-}
-
-// Set moves the clock to t (never backwards) and fires the timers that are due.
-func (c *FakeClock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.After(c.now) {
-		c.setLocked(t)
-	}
-}
-
-func (c *FakeClock) setLocked(t time.Time) {
-	c.now = t
-	sort.SliceStable(c.timers, func(i, j int) bool { return c.timers[i].at.Before(c.timers[j].at) })
-	keep := c.timers[:0]
-	for _, ft := range c.timers {
-		if ft.at.After(t) {
-			keep = append(keep, ft)
-			continue
-		}
-		ft.fire(ft.at)
-	}
-	clear(c.timers[len(keep):])
-	c.timers = keep
-}
-
-// Timers is the number of timers waiting to fire.
-func (c *FakeClock) Timers() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.timers)
-}
-
-// NewTimer returns a timer that fires when the clock has advanced by d.
-func (c *FakeClock) NewTimer(d time.Duration) Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.timerAtLocked(c.now.Add(d))
-}
-
-// TimerAt returns a timer that fires when the clock reaches t.
-func (c *FakeClock) TimerAt(t time.Time) Timer {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.timerAtLocked(t)
-}
-
-func (c *FakeClock) timerAtLocked(t time.Time) *fakeTimer {
-	ft := &fakeTimer{c: c, at: t, ch: make(chan time.Time, 1)}
-	if !t.After(c.now) {
-		ft.fire(c.now)
-		return ft
-	}
-	c.timers = append(c.timers, ft)
-	return ft
-}
-
-type fakeTimer struct {
-	c  *FakeClock
-	at time.Time
-	ch chan time.Time
-}
-
-// fire never blocks: the channel has room for the one value it ever gets.
-func (t *fakeTimer) fire(now time.Time) { t.ch <- now }
-
-func (t *fakeTimer) C() <-chan time.Time { return t.ch }
-
-func (t *fakeTimer) Stop() bool {
-	t.c.mu.Lock()
-	defer t.c.mu.Unlock()
-	for i, ft := range t.c.timers {
-		if ft == t {
-			t.c.timers = append(t.c.timers[:i], t.c.timers[i+1:]...)
-			return true
-		}
-	}
-	return false
-}
+// NewFakeClock returns a fake clock for tests that reads start.
+func NewFakeClock(start time.Time) *FakeClock { return clock.NewFake(start) }

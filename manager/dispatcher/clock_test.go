@@ -8,48 +8,8 @@ import (
 	"github.com/gogo/protobuf/types"
 
 	"github.com/flotilla/flotilla/api"
-	"github.com/flotilla/flotilla/manager/dispatcher"
 	"github.com/flotilla/flotilla/manager/store"
 )
-
-func fired(t dispatcher.Timer) bool {
-	select {
-	case <-t.C():
-		return true
-	default:
-		return false
-	}
-}
-
-func TestFakeClockFiresTimersWhenTimePasses(t *testing.T) {
-	c := dispatcher.NewFakeClock(start)
-	a := c.NewTimer(2 * time.Second)
-	b := c.TimerAt(start.Add(time.Second))
-	stopped := c.NewTimer(time.Second)
-	past := c.TimerAt(start.Add(-time.Second))
-	if !fired(past) {
-		t.Fatal("a timer for a time already passed did not fire at once")
-	}
-	if !stopped.Stop() || c.Timers() != 2 {
-		t.Fatalf("Stop: %d timers left, want 2", c.Timers())
-	}
-	c.Advance(999 * time.Millisecond)
-	if fired(a) || fired(b) {
-		t.Fatal("a timer fired early")
-	}
-	c.Advance(time.Millisecond)
-	if !fired(b) || fired(a) || fired(stopped) {
-		t.Fatal("after 1s: want only the 1s timer fired")
-	}
-	c.Set(start) // never backwards
-	if !c.Now().Equal(start.Add(time.Second)) {
-		t.Fatalf("Set moved the clock back to %v", c.Now())
-	}
-	c.Set(start.Add(time.Hour))
-	if !fired(a) || c.Timers() != 0 || a.Stop() {
-		t.Fatal("after 1h: the 2s timer should have fired and be gone")
-	}
-}
 
 // TestRealClockMarksSilentNodeDown runs the dispatcher on the real clock
 // with a short heartbeat period.
