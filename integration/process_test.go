@@ -161,7 +161,8 @@ func (d *swarmd) mustCtl(args ...string) string {
 // client dials the control socket with the Go API.
 func (d *swarmd) client() api.ControlClient {
 	d.t.Helper()
-	conn, err := grpc.NewClient("unix://"+d.socket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+d.socket(), grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxControlMessageBytes)))
 	if err != nil {
 		d.t.Fatal(err)
 	}

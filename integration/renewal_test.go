@@ -50,9 +50,10 @@ func startNode(t *testing.T, cfg node.Config) *node.Node {
 	return n
 }
 
-func controlClient(t *testing.T, sock string) api.ControlClient {
+func controlClient(t testing.TB, sock string) api.ControlClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxControlMessageBytes)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,9 +47,9 @@ func (m *Manager) clusterID() string { return m.cfg.ClusterID }
 // memberCheck refuses certificates of nodes the cluster no longer knows
 // (removed nodes keep a valid certificate until it expires).
 func (m *Manager) memberCheck(ctx context.Context, id ca.NodeIdentity) error {
-	var node *api.Node
-	m.store.View(func(tx store.ReadTx) { node = store.Get[*api.Node](tx, id.NodeID) })
-	if node == nil {
+	var member bool
+	m.store.View(func(tx store.ReadTx) { member = store.Exists(tx, api.KindNode, id.NodeID) })
+	if !member {
 		// NotFound, not PermissionDenied: agents stop on it instead of retrying.
 		return status.Errorf(codes.NotFound,
 			"node %s is not a member of this cluster (it was removed): it cannot rejoin with its old identity; start it over with an empty state dir and a join token", id.NodeID)

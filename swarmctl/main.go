@@ -221,6 +221,7 @@ func connect(c *cli.Context) (*client, error) {
 	conn, err := grpc.NewClient("unix://"+path,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithContextDialer(dialer),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxControlMessageBytes)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("cannot use socket %s: %w", path, err)

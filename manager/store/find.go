@@ -106,6 +106,10 @@ func Find[T api.StoreObject](tx ReadTx, b By) ([]T, error) {
 	return out, nil
 }
 
+// Exists reports whether an object of a kind with the ID exists, without
+// copying it (for hot paths such as authorizing every heartbeat).
+func Exists(tx ReadTx, kind, id string) bool { return tx.exists(kind, id) }
+
 // Count returns the number of objects of a kind b selects, without copying them.
 func Count(tx ReadTx, kind string, b By) (int, error) {
 	return tx.count(kind, b)

@@ -55,6 +55,7 @@ type ReadTx interface {
 	Get(kind, id string) api.StoreObject
 	Find(kind string, b By) ([]api.StoreObject, error)
 	count(kind string, b By) (int, error)
+	exists(kind, id string) bool
 }
 
 // Tx reads and writes within one transaction. Reads see the transaction's own
@@ -117,6 +118,7 @@ func (t readTx) Get(kind, id string) api.StoreObject {
 
 func (t readTx) Find(kind string, b By) ([]api.StoreObject, error) { return find(t.txn, kind, b) }
 func (t readTx) count(kind string, b By) (int, error)              { return count(t.txn, kind, b) }
+func (t readTx) exists(kind, id string) bool                       { return get(t.txn, kind, id) != nil }
 
 // View runs cb on a consistent snapshot of the store.
 func (s *MemoryStore) View(cb func(ReadTx)) {
