@@ -94,6 +94,19 @@ func TestServiceSpreadsSurvivesDrainAndNodeLoss(t *testing.T) {
 	if out := m.mustCtl("service", "ls"); !strings.Contains(out, "12/12") {
 		t.Errorf("service ls does not show 12/12:\n%s", out)
 	}
+	var inspected struct {
+		Status struct {
+			DesiredTasks string            `json:"desiredTasks"`
+			RunningTasks string            `json:"runningTasks"`
+			TaskStates   map[string]string `json:"taskStates"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(m.mustCtl("service", "inspect", "web")), &inspected); err != nil {
+		t.Fatal(err)
+	}
+	if s := inspected.Status; s.DesiredTasks != "12" || s.RunningTasks != "12" || s.TaskStates["RUNNING"] != "12" {
+		t.Errorf("service inspect status = %+v, want 12 desired, 12 running, RUNNING: 12", s)
+	}
 
 	// Drain w1: its tasks move to the other three nodes.
 	m.mustCtl("node", "drain", "w1")

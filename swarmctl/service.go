@@ -316,11 +316,14 @@ func serviceInspect(c *cli.Context) error {
 	}
 	return withClient(c, func(cl *client) error {
 		return inspectEach(c, func(ref string) (proto.Message, error) {
-			s, err := getService(c, cl, ref)
+			ctx, cancel := rpcContext(c)
+			defer cancel()
+			// With the per-state task counts in status.
+			resp, err := cl.GetService(ctx, &api.GetServiceRequest{ServiceID: ref, IncludeStatus: true})
 			if err != nil {
-				return nil, err
+				return nil, cl.explain(err)
 			}
-			return redacted(s), nil
+			return redacted(resp.Service), nil
 		})
 	})
 }

@@ -42,7 +42,15 @@ func (s *Server) readService(id string, fallback *api.Service) *api.Service {
 }
 
 func (s *Server) GetService(ctx context.Context, req *api.GetServiceRequest) (*api.GetServiceResponse, error) {
-	svc, err := get[*api.Service](s, req.ServiceID)
+	var (
+		svc *api.Service
+		err error
+	)
+	s.store.View(func(tx store.ReadTx) {
+		if svc, err = resolve[*api.Service](tx, req.ServiceID); err == nil && req.IncludeStatus {
+			svc.Status = serviceStatus(tx, svc)
+		}
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -54,12 +62,27 @@ func (s *Server) ListServices(ctx context.Context, req *api.ListServicesRequest)
 	if req.Filters != nil {
 		f = &req.Filters.ListFilters
 	}
-	svcs, err := list(s, func(o *api.Service) bool { return matchCommon(o, f) })
+	var (
+		svcs []*api.Service
+		err  error
+	)
+	s.store.View(func(tx store.ReadTx) {
+		var all []*api.Service
+		if all, err = store.Find[*api.Service](tx, store.All()); err != nil {
+			return
+		}
+		for _, svc := range all {
+			if !matchCommon(svc, f) {
+				continue
+			}
+			if req.IncludeStatus {
+				svc.Status = serviceStatus(tx, svc)
+			}
+			svcs = append(svcs, redactService(svc))
+		}
+	})
 	if err != nil {
-		return nil, err
-	}
-	for i := range svcs {
-		svcs[i] = redactService(svcs[i])
+		return nil, status.Errorf(codes.Internal, "list services: %v", err)
 	}
 	return &api.ListServicesResponse{Services: svcs}, nil
 }
