@@ -17,7 +17,14 @@ done
 if ! bin/swarmctl --socket "$sock" service inspect web >/dev/null 2>&1; then
 	bin/swarmctl --socket "$sock" service create --name web --replicas 3 --image busybox:latest -- sleep 1d
 fi
+# Wait (up to 10 s) for the replicas to run before showing them.
+for _ in $(seq 1 100); do
+	bin/swarmctl --socket "$sock" service ls | grep -q ' 3/3 ' && break
+	sleep 0.1
+done
 bin/swarmctl --socket "$sock" service ls
+echo
+bin/swarmctl --socket "$sock" service ps web
 echo
 echo "swarmd runs with state in $state. Try: bin/swarmctl --socket $sock node ls"
 wait $pid
