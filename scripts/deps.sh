@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the build and the tests need, once.
 set -euo pipefail
-pkgs=(protobuf-compiler)
+# protobuf-compiler: make generate; openssl: certificate checks in the tests.
+pkgs=(protobuf-compiler openssl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
