@@ -346,6 +346,18 @@ func (n *Node) IsManager() bool {
 	return n.mgr != nil
 }
 
+// Tasks lists the tasks this node's agent holds, with their last status
+// (nil before Start).
+func (n *Node) Tasks() ([]*api.Task, error) {
+	n.mu.Lock()
+	ag := n.agent
+	n.mu.Unlock()
+	if ag == nil {
+		return nil, nil
+	}
+	return ag.Tasks()
+}
+
 // ControlSocket is the path of the control API socket.
 func (n *Node) ControlSocket() string { return n.cfg.ListenControlAPI }
 
