@@ -70,8 +70,8 @@ func Commit(ctx context.Context, s *store.MemoryStore, writes []Write) (changed 
 				ct := &countingTx{Tx: tx}
 				err := w(ct)
 				if err != nil && ct.writes == 0 && raced(err) {
-					// Nothing to undo: spare the batch its rollback, which
-					// replays every pending write.
+					// Nothing was written: note the race and let the
+					// batch go on without a rollback.
 					changed = true
 					return nil
 				}

@@ -27,22 +27,36 @@ const (
 type stringIndex struct {
 	fn   func(api.StoreObject) string
 	fold bool
+	// unique is set for the unique (ID) index: memdb appends the ID key to
+	// the keys of the others, so their keys leave room for it.
+	unique bool
 }
 
-func (x stringIndex) key(s string) []byte {
+func (x stringIndex) key(s string, room int) []byte {
 	if x.fold {
 		s = strings.ToLower(s)
 	}
 	// memdb needs a terminator so that prefix and exact matches differ.
-	return append([]byte(s), 0)
+	b := make([]byte, len(s)+1, len(s)+1+room)
+	copy(b, s)
+	return b
 }
 
+// idRoom is the room an object's key in a non-unique index needs for the ID
+// key memdb appends to it.
+func idRoom(obj api.StoreObject) int { return len(obj.GetID()) + 1 }
+
 func (x stringIndex) FromObject(obj interface{}) (bool, []byte, error) {
-	s := x.fn(obj.(api.StoreObject))
+	o := obj.(api.StoreObject)
+	s := x.fn(o)
 	if s == "" {
 		return false, nil, nil
 	}
-	return true, x.key(s), nil
+	room := 0
+	if !x.unique {
+		room = idRoom(o)
+	}
+	return true, x.key(s, room), nil
 }
 
 func (x stringIndex) FromArgs(args ...interface{}) ([]byte, error) {
@@ -53,7 +67,7 @@ func (x stringIndex) FromArgs(args ...interface{}) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("index argument must be a string, got %T", args[0])
 	}
-	return x.key(s), nil
+	return x.key(s, 0), nil
 }
 
 func (x stringIndex) PrefixFromArgs(args ...interface{}) ([]byte, error) {
@@ -70,17 +84,19 @@ type uintIndex struct {
 	fn func(api.StoreObject) (prefix string, n uint64, ok bool)
 }
 
-func uintKey(prefix string, n uint64) []byte {
-	b := append([]byte(prefix), 0)
+func uintKey(prefix string, n uint64, room int) []byte {
+	b := make([]byte, len(prefix)+1, len(prefix)+1+8+room)
+	copy(b, prefix)
 	return binary.BigEndian.AppendUint64(b, n)
 }
 
 func (x uintIndex) FromObject(obj interface{}) (bool, []byte, error) {
-	p, n, ok := x.fn(obj.(api.StoreObject))
+	o := obj.(api.StoreObject)
+	p, n, ok := x.fn(o)
 	if !ok {
 		return false, nil, nil
 	}
-	return true, uintKey(p, n), nil
+	return true, uintKey(p, n, idRoom(o)), nil
 }
 
 func (x uintIndex) FromArgs(args ...interface{}) ([]byte, error) {
@@ -92,11 +108,11 @@ func (x uintIndex) FromArgs(args ...interface{}) ([]byte, error) {
 	if !ok1 || !ok2 {
 		return nil, fmt.Errorf("index arguments must be (string, uint64), got (%T, %T)", args[0], args[1])
 	}
-	return uintKey(p, n), nil
+	return uintKey(p, n, 0), nil
 }
 
 func idIndex() *memdb.IndexSchema {
-	return &memdb.IndexSchema{Name: indexID, Unique: true, Indexer: stringIndex{fn: api.StoreObject.GetID}}
+	return &memdb.IndexSchema{Name: indexID, Unique: true, Indexer: stringIndex{fn: api.StoreObject.GetID, unique: true}}
 }
 
 func nameIndex() *memdb.IndexSchema {
@@ -106,6 +122,10 @@ func nameIndex() *memdb.IndexSchema {
 func taskField(fn func(*api.Task) string) stringIndex {
 	return stringIndex{fn: func(o api.StoreObject) string { return fn(o.(*api.Task)) }}
 }
+
+// dbSchema is the schema of every store database; its indexers also serve
+// write transactions' reads of their own writes.
+var dbSchema = schema()
 
 func schema() *memdb.DBSchema {
 	tables := map[string]*memdb.TableSchema{}

@@ -2,12 +2,15 @@
 // indexed database (go-memdb) whose every change goes through raft.
 //
 // A writer calls Update with a function that reads and writes through a Tx.
-// The function runs against a private copy-on-write snapshot; its writes are
-// recorded as a list of store actions, proposed to raft as one entry, and
-// applied to the real database on every manager when committed. Update returns
-// only after that. Application is deterministic: an update carries the version
-// (meta.version) its writer read, and is refused with ErrSequenceConflict when
-// the object changed since, on every manager alike.
+// The function reads a snapshot of the store under an overlay of its own
+// writes (see writeTx); each write is checked at once against what the
+// transaction sees (existence, version, unique names) and recorded as an
+// encoded store action. The actions are proposed to raft as one entry and
+// applied to the real database on every manager when committed: that is the
+// only time they are inserted into memdb. Update returns only after that.
+// Application is deterministic: an update carries the version (meta.version)
+// its writer read, and is refused with ErrSequenceConflict when the object
+// changed since, on every manager alike.
 //
 // Readers (View) see consistent snapshots and never block writers. Every
 // applied transaction produces one Change on the watch queue.
@@ -17,11 +20,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/gogo/protobuf/types"
 	memdb "github.com/hashicorp/go-memdb"
 
 	"github.com/flotilla/flotilla/api"
@@ -92,7 +95,7 @@ func New(p Proposer) *MemoryStore {
 }
 
 func newDB() *memdb.MemDB {
-	db, err := memdb.NewMemDB(schema())
+	db, err := memdb.NewMemDB(dbSchema)
 	if err != nil {
 		panic(fmt.Sprintf("store: invalid schema: %v", err))
 	}
@@ -125,95 +128,31 @@ func (s *MemoryStore) View(cb func(ReadTx)) {
 	cb(readTx{txn: s.db.Load().Txn(false)})
 }
 
-// writeTx records the writes of an Update; it writes to a private snapshot.
-type writeTx struct {
-	readTx
-	now     *types.Timestamp
-	actions []api.StoreAction
-	size    int
-}
-
-func (t *writeTx) record(kind api.StoreActionKind, obj api.StoreObject) {
-	a := api.StoreAction{Kind: kind, Target: api.NewObject(obj)}
-	t.actions = append(t.actions, a)
-	// The action's size plus its field tag and length prefix in the transaction.
-	t.size += a.Size() + 1 + sovLen(a.Size())
-}
-
-// sovLen is the length of n as a protobuf varint.
-func sovLen(n int) int {
-	l := 1
-	for n >= 0x80 {
-		n >>= 7
-		l++
-	}
-	return l
-}
-
-func (t *writeTx) Create(obj api.StoreObject) error {
-	obj = obj.CopyStoreObject()
-	obj.SetMeta(api.Meta{CreatedAt: t.now, UpdatedAt: t.now})
-	if err := write(t.txn, api.StoreActionKindCreate, obj, nil, 0); err != nil {
-		return err
-	}
-	t.record(api.StoreActionKindCreate, obj)
-	return nil
-}
-
-func (t *writeTx) Update(obj api.StoreObject) error {
-	obj = obj.CopyStoreObject()
-	meta := obj.GetMeta()
-	meta.UpdatedAt = t.now
-	obj.SetMeta(meta)
-	// Within the transaction the version stays the one read: apply checks it
-	// against the version before the transaction (see applyTx).
-	if err := write(t.txn, api.StoreActionKindUpdate, obj, nil, 0); err != nil {
-		return err
-	}
-	t.record(api.StoreActionKindUpdate, obj)
-	return nil
-}
-
-func (t *writeTx) Delete(kind, id string) error {
-	cur := get(t.txn, kind, id)
-	if cur == nil {
-		return fmt.Errorf("%w: %s %s", ErrNotExist, kind, id)
-	}
-	if err := write(t.txn, api.StoreActionKindRemove, cur, nil, 0); err != nil {
-		return err
-	}
-	t.record(api.StoreActionKindRemove, cur)
-	return nil
-}
-
-// write performs one action on txn with the rules every manager applies.
-// seen holds, for objects already written in this transaction, their version
-// before it; version is the version written objects get (0 in a writeTx,
-// where the version read is kept for apply to check).
-func write(txn *memdb.Txn, kind api.StoreActionKind, obj api.StoreObject, seen map[string]uint64, version uint64) error {
+// check applies the rules every manager applies to one action on obj, whose
+// current state is cur (nil: none), and prepares obj's meta for writing.
+// want is the version an update must carry (the object's version before the
+// transaction); version is the version written objects get (0 in a write
+// transaction, where the version read is kept for apply to check). names
+// answers the name-uniqueness check. The caller then writes obj.
+func check(names nameOwners, kind api.StoreActionKind, obj, cur api.StoreObject, want, version uint64) error {
 	k := obj.Kind()
 	id := obj.GetID()
 	if id == "" {
 		return fmt.Errorf("%w: %s without an ID", ErrInvalid, k)
 	}
-	cur := get(txn, k, id)
 	switch kind {
 	case api.StoreActionKindCreate:
 		if cur != nil {
 			return fmt.Errorf("%w: %s %s", ErrExist, k, id)
 		}
-		if err := checkName(txn, obj); err != nil {
+		if err := checkName(names, obj); err != nil {
 			return err
 		}
 		setVersion(obj, version)
-		return txn.Insert(k, obj)
+		return nil
 	case api.StoreActionKindUpdate:
 		if cur == nil {
 			return fmt.Errorf("%w: %s %s", ErrNotExist, k, id)
-		}
-		want := cur.GetMeta().Version
-		if v, ok := seen[k+"/"+id]; ok {
-			want = v
 		}
 		if got := obj.GetMeta().Version; got != want {
 			return fmt.Errorf("%w: %s %s is at version %d, the update was made from version %d",
@@ -222,16 +161,16 @@ func write(txn *memdb.Txn, kind api.StoreActionKind, obj api.StoreObject, seen m
 		meta := obj.GetMeta()
 		meta.CreatedAt = cur.GetMeta().CreatedAt
 		obj.SetMeta(meta)
-		if err := checkName(txn, obj); err != nil {
+		if err := checkName(names, obj); err != nil {
 			return err
 		}
 		setVersion(obj, version)
-		return txn.Insert(k, obj)
+		return nil
 	case api.StoreActionKindRemove:
 		if cur == nil {
 			return fmt.Errorf("%w: %s %s", ErrNotExist, k, id)
 		}
-		return txn.Delete(k, cur)
+		return nil
 	}
 	return fmt.Errorf("%w: unknown action kind %v", ErrInvalid, kind)
 }
@@ -251,24 +190,29 @@ var uniqueNames = map[string]bool{
 	api.KindConfig: true, api.KindCluster: true,
 }
 
-func checkName(txn *memdb.Txn, obj api.StoreObject) error {
-	name := obj.GetName()
-	if name == "" || !uniqueNames[obj.Kind()] {
+// nameOwners finds objects by name, for the uniqueness check.
+type nameOwners interface {
+	// nameOwner returns the ID of the first object of the kind (in name
+	// index order) whose name is name, ignoring case; "" if none.
+	nameOwner(kind, name string) (string, error)
+}
+
+func checkName(names nameOwners, obj api.StoreObject) error {
+	if !uniqueNames[obj.Kind()] {
 		return nil
 	}
-	o, err := txn.First(obj.Kind(), indexName, name)
+	name := obj.GetName()
+	if name == "" {
+		return nil
+	}
+	owner, err := names.nameOwner(obj.Kind(), name)
 	if err != nil {
 		return err
 	}
-	if o != nil && o.(api.StoreObject).GetID() != obj.GetID() {
-		return fmt.Errorf("%w: %s %q exists (ID %s)", ErrNameConflict, obj.Kind(), name, o.(api.StoreObject).GetID())
+	if owner != "" && owner != obj.GetID() {
+		return fmt.Errorf("%w: %s %q exists (ID %s)", ErrNameConflict, obj.Kind(), name, owner)
 	}
 	return nil
-}
-
-func (s *MemoryStore) newWriteTx() *writeTx {
-	now, _ := types.TimestampProto(s.now())
-	return &writeTx{readTx: readTx{txn: s.db.Load().Snapshot().Txn(true)}, now: now}
 }
 
 // Update runs cb in a transaction and commits its writes through raft as one
@@ -276,26 +220,17 @@ func (s *MemoryStore) newWriteTx() *writeTx {
 // transaction (e.g. ErrSequenceConflict); nothing is written unless it returns nil.
 func (s *MemoryStore) Update(ctx context.Context, cb func(Tx) error) error {
 	tx := s.newWriteTx()
-	defer tx.txn.Abort()
 	if err := cb(tx); err != nil {
 		return err
 	}
-	if len(tx.actions) == 0 {
+	if tx.actions() == 0 {
 		return nil
 	}
-	if tx.size > MaxTransactionBytes {
+	if len(tx.buf) > MaxTransactionBytes {
 		return fmt.Errorf("%w: transaction of %d bytes exceeds the %d byte limit of one proposal; use Batch",
-			ErrInvalid, tx.size, MaxTransactionBytes)
+			ErrInvalid, len(tx.buf), MaxTransactionBytes)
 	}
-	return s.propose(ctx, tx.actions)
-}
-
-func (s *MemoryStore) propose(ctx context.Context, actions []api.StoreAction) error {
-	data, err := (&api.StoreTransaction{Actions: actions}).Marshal()
-	if err != nil {
-		return fmt.Errorf("encode store transaction: %w", err)
-	}
-	return s.proposer.Propose(ctx, data)
+	return s.proposer.Propose(ctx, tx.buf)
 }
 
 // Apply applies one committed transaction (raft.StateMachine).
@@ -307,11 +242,61 @@ func (s *MemoryStore) Apply(index uint64, data []byte) error {
 	return s.applyTx(index, tr.Actions)
 }
 
+// objKey identifies an object across kinds.
+type objKey struct{ kind, id string }
+
+// applied is what an applied transaction wrote to one object so far.
+type applied struct {
+	obj api.StoreObject // nil: removed
+	// before is the object's version before the transaction (0: none): a
+	// later update of it in the same transaction must carry that version.
+	before uint64
+	name   string // lower-cased, for kinds with unique names
+}
+
+// applyState is the state a transaction is applied on: the store before it
+// (snap) under what it wrote so far. The checks read it rather than memdb's
+// write transaction: a read through a memdb write transaction drops the
+// index's cache of nodes already copied in the transaction, so every later
+// insert would copy its whole path again.
+type applyState struct {
+	snap    *memdb.Txn
+	written map[objKey]applied
+	// names maps kind and lower-cased name to IDs written with it: a
+	// superset, checked against written.
+	names map[objKey][]string
+}
+
+func (st *applyState) nameOwner(kind, name string) (string, error) {
+	it, err := st.snap.Get(kind, indexName, name)
+	if err != nil {
+		return "", err
+	}
+	owner := ""
+	for o := it.Next(); o != nil; o = it.Next() {
+		id := o.(api.StoreObject).GetID()
+		if _, ok := st.written[objKey{kind, id}]; !ok {
+			owner = id
+			break
+		}
+	}
+	folded := strings.ToLower(name)
+	for _, id := range st.names[objKey{kind, folded}] {
+		if w := st.written[objKey{kind, id}]; w.obj != nil && w.name == folded && (owner == "" || id < owner) {
+			owner = id
+		}
+	}
+	return owner, nil
+}
+
+// applyTx applies decoded actions. Their objects are fresh from decoding and
+// owned by the store from here on (no copy); events share them.
 func (s *MemoryStore) applyTx(index uint64, actions []api.StoreAction) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	txn := s.db.Load().Txn(true)
-	seen := map[string]uint64{}
+	db := s.db.Load()
+	st := &applyState{snap: db.Txn(false), written: make(map[objKey]applied, len(actions))}
+	txn := db.Txn(true)
 	events := make([]Event, 0, len(actions))
 	for i := range actions {
 		a := &actions[i]
@@ -320,19 +305,42 @@ func (s *MemoryStore) applyTx(index uint64, actions []api.StoreAction) error {
 			txn.Abort()
 			return fmt.Errorf("%w: action %d at index %d has no object", ErrInvalid, i, index)
 		}
-		key := obj.Kind() + "/" + obj.GetID()
-		old := get(txn, obj.Kind(), obj.GetID())
-		if _, ok := seen[key]; !ok {
+		k, id := obj.Kind(), obj.GetID()
+		key := objKey{k, id}
+		w, ok := st.written[key]
+		old := w.obj
+		if !ok {
+			old = get(st.snap, k, id)
 			if old != nil {
-				seen[key] = old.GetMeta().Version
-			} else {
-				seen[key] = 0
+				w.before = old.GetMeta().Version
 			}
 		}
-		if err := write(txn, a.Kind, obj, seen, index); err != nil {
+		err := check(st, a.Kind, obj, old, w.before, index)
+		if err == nil {
+			if a.Kind == api.StoreActionKindRemove {
+				err = txn.Delete(k, old)
+			} else {
+				err = txn.Insert(k, obj)
+			}
+		}
+		if err != nil {
 			txn.Abort()
 			return err
 		}
+		w.obj, w.name = obj, ""
+		if a.Kind == api.StoreActionKindRemove {
+			w.obj = nil
+		} else if uniqueNames[k] {
+			if name := obj.GetName(); name != "" {
+				w.name = strings.ToLower(name)
+				if st.names == nil {
+					st.names = map[objKey][]string{}
+				}
+				nk := objKey{k, w.name}
+				st.names[nk] = append(st.names[nk], id)
+			}
+		}
+		st.written[key] = w
 		events = append(events, newEvent(a.Kind, obj, old))
 	}
 	txn.Commit()

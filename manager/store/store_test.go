@@ -343,3 +343,49 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+// An update in a batch reads what earlier updates wrote, also across a
+// proposal boundary: no spurious version conflict for an object created in
+// one proposal and updated in the next.
+func TestBatchUpdatesSeeEarlierProposals(t *testing.T) {
+	s, p := newTestStore(t)
+	image := string(make([]byte, 4000))
+	const n = 1000 // ~4 MB: three proposals or more
+	_, err := s.Batch(context.Background(), func(b *Batch) error {
+		for i := 0; i < n; i++ {
+			if err := b.Update(func(tx Tx) error {
+				return tx.Create(&api.Task{ID: fmt.Sprintf("t%04d", i), Spec: api.TaskSpec{Container: &api.ContainerSpec{Image: image}}})
+			}); err != nil {
+				return err
+			}
+			// Update the previous task: across a boundary it was committed by
+			// the proposal just made.
+			if i > 0 {
+				if err := b.Update(func(tx Tx) error {
+					prev := Get[*api.Task](tx, fmt.Sprintf("t%04d", i-1))
+					if prev == nil {
+						return fmt.Errorf("t%04d not visible", i-1)
+					}
+					prev.Slot = 7
+					return tx.Update(prev)
+				}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.n < 3 {
+		t.Fatalf("%d proposals; the test needs boundaries", p.n)
+	}
+	s.View(func(tx ReadTx) {
+		for i := 0; i < n-1; i++ {
+			if got := Get[*api.Task](tx, fmt.Sprintf("t%04d", i)); got == nil || got.Slot != 7 {
+				t.Fatalf("t%04d: %+v", i, got)
+			}
+		}
+	})
+}
