@@ -26,7 +26,7 @@ check-generated: deps
 	bash protobuf/check-generated.sh
 
 vet:
-	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
+	@test -z "$$(gofmt -l $$(find . -name '*.go' -not -path './bin/*'))" || { echo "gofmt needed on:"; gofmt -l $$(find . -name '*.go' -not -path './bin/*'); exit 1; }
 	$(GO) vet ./...
 
 test: deps check-generated vet build
