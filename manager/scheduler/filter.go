@@ -80,57 +80,11 @@ func newConstraintFilter(exprs []string) (*constraintFilter, error) {
 
 func (f *constraintFilter) check(n *nodeInfo) (reason, bool) {
 	for i, c := range f.cs {
-		if !c.Match(nodeAttribute(n.node, c.Key)) {
+		if !c.Match(constraint.NodeAttribute(n.node, c.Key)) {
 			return f.why[i], false
 		}
 	}
 	return reason{}, true
-}
-
-// nodeAttribute is the value a constraint key names; "" when the node has none.
-func nodeAttribute(n *api.Node, key string) string {
-	switch key {
-	case "node.id":
-		return n.ID
-	case "node.hostname":
-		if n.Description != nil {
-			return n.Description.Hostname
-		}
-	case "node.role":
-		if n.Role == api.NodeRoleManager {
-			return "manager"
-		}
-		return "worker"
-	case "node.ip":
-		return n.Status.Addr
-	case "node.platform.os":
-		if n.Description != nil && n.Description.Platform != nil {
-			return n.Description.Platform.OS
-		}
-	case "node.platform.arch":
-		if n.Description != nil && n.Description.Platform != nil {
-			return n.Description.Platform.Architecture
-		}
-	default:
-		if name, ok := strings.CutPrefix(key, "node.labels."); ok {
-			return label(n.Spec.Annotations.Labels, name)
-		}
-	}
-	return ""
-}
-
-// label looks a label up; constraint keys are lower-cased when parsed, so a
-// label whose name differs only in case matches too.
-func label(labels map[string]string, name string) string {
-	if v, ok := labels[name]; ok {
-		return v
-	}
-	for k, v := range labels {
-		if strings.EqualFold(k, name) {
-			return v
-		}
-	}
-	return ""
 }
 
 // maxReplicasFilter keeps nodes that run fewer than max tasks of the service.

@@ -82,5 +82,5 @@ func fitter(svc *api.Service) func(*api.Node) bool {
 			return func(*api.Node) bool { return false }
 		}
 	}
-	return func(n *api.Node) bool { return n != nil && orchestrator.NodeMatches(cs, n) }
+	return func(n *api.Node) bool { return n != nil && constraint.MatchNode(cs, n) }
 }

@@ -1,14 +1,13 @@
-package orchestrator_test
+package constraint_test
 
 import (
 	"testing"
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/api/constraint"
-	"github.com/flotilla/flotilla/manager/orchestrator"
 )
 
-func TestNodeMatches(t *testing.T) {
+func TestMatchNode(t *testing.T) {
 	node := &api.Node{
 		ID:   "n1",
 		Role: api.NodeRoleManager,
@@ -47,7 +46,7 @@ func TestNodeMatches(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := orchestrator.NodeMatches(cs, c.node); got != c.want {
+		if got := constraint.MatchNode(cs, c.node); got != c.want {
 			t.Errorf("%q on %s: %v, want %v", c.exprs, c.node.ID, got, c.want)
 		}
 	}
