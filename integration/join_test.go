@@ -112,7 +112,7 @@ func TestWorkersJoinHeartbeatAndLeave(t *testing.T) {
 	t.Logf("killed worker marked DOWN after %s (heartbeat period 1s)", time.Since(killed).Round(time.Millisecond))
 
 	// Restarted from its state dir (no join flags): READY with the same ID.
-	w1 = startWorker(t, w1Dir, "w1", addr, "")
+	startWorker(t, w1Dir, "w1", addr, "")
 	after := m.waitNode("w1", "READY", 30*time.Second)
 	if after.ID != before.ID {
 		t.Errorf("restarted worker has ID %s, want %s", after.ID, before.ID)

@@ -71,7 +71,9 @@ func (n *Node) loadIdentity(ks *ca.KeyStore, certPEM, keyPEM []byte) (*nodeIdent
 	if err := ca.CheckNotExpired(creds.Identity(), time.Now(), ks.Dir); err != nil {
 		return nil, err
 	}
-	state, _, err := loadOrCreateState(n.cfg.StateDir, creds.Identity().NodeID, false)
+	// A manager that crashed between writing its certificate and node.json
+	// gets its raft ID here.
+	state, err := loadOrCreateState(n.cfg.StateDir, creds.Identity().NodeID, creds.Identity().Role == api.NodeRoleManager)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +117,7 @@ func (n *Node) newCluster(ks *ca.KeyStore) (*nodeIdentity, error) {
 	if err != nil {
 		return nil, err
 	}
-	state, _, err := loadOrCreateState(n.cfg.StateDir, nodeID, true)
+	state, err := loadOrCreateState(n.cfg.StateDir, nodeID, true)
 	if err != nil {
 		return nil, err
 	}
@@ -154,23 +156,29 @@ func (n *Node) join(ctx context.Context, ks *ca.KeyStore) (*nodeIdentity, error)
 	if err != nil {
 		return nil, fmt.Errorf("join %s: %s", n.cfg.JoinAddr, statusMessage(err))
 	}
+	// The cluster has recorded the node now: if keeping its identity here
+	// fails, say how to clean up.
+	orphaned := func(err error) error {
+		return fmt.Errorf("joined as node %s but could not keep its identity in %s: %w; remove the node with `swarmctl node rm --force %s`, fix the state dir and join again",
+			resp.NodeID, n.cfg.StateDir, err, resp.NodeID)
+	}
 	if err := ks.SaveRootCert(rootPEM); err != nil {
-		return nil, err
+		return nil, orphaned(err)
 	}
 	if err := ks.SaveNode(resp.Certificate, keyPEM); err != nil {
-		return nil, err
+		return nil, orphaned(err)
 	}
 	creds, err := ca.NewCredentials(rca, resp.Certificate, keyPEM)
 	if err != nil {
-		return nil, err
+		return nil, orphaned(err)
 	}
-	state, _, err := loadOrCreateState(n.cfg.StateDir, resp.NodeID, resp.Role == api.NodeRoleManager)
-	if err != nil {
-		return nil, err
+	// A fresh identity: whatever an aborted earlier join left is replaced.
+	state := &State{NodeID: resp.NodeID, Managers: []string{n.cfg.JoinAddr}}
+	if resp.Role == api.NodeRoleManager {
+		state.RaftID = newRaftID()
 	}
-	state.Managers = []string{n.cfg.JoinAddr}
 	if err := saveState(n.cfg.StateDir, state); err != nil {
-		return nil, err
+		return nil, orphaned(err)
 	}
 	n.log.Info("joined the cluster", "node.id", resp.NodeID, "role", resp.Role.String(), "cluster.id", resp.ClusterID, "via", n.cfg.JoinAddr)
 	return &nodeIdentity{creds: creds, state: state}, nil

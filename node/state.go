@@ -30,36 +30,36 @@ const stateFile = "node.json"
 // loadOrCreateState reads node.json, or makes it for nodeID (with a raft ID
 // when the node is a manager). It is written after the certificates and
 // before any raft state.
-func loadOrCreateState(dir, nodeID string, manager bool) (*State, bool, error) {
+func loadOrCreateState(dir, nodeID string, manager bool) (*State, error) {
 	path := filepath.Join(dir, stateFile)
 	data, err := os.ReadFile(path)
 	if err == nil {
 		var s State
 		if err := json.Unmarshal(data, &s); err != nil || s.NodeID == "" {
-			return nil, false, fmt.Errorf("node state %s is damaged (%v): restore it from a backup or move the state dir aside to start a new node", path, err)
+			return nil, fmt.Errorf("node state %s is damaged (%v): restore it from a backup or move the state dir aside to start a new node", path, err)
 		}
 		if s.NodeID != nodeID {
-			return nil, false, fmt.Errorf("node state %s is for node %s but the certificate is for %s: restore a matching pair", path, s.NodeID, nodeID)
+			return nil, fmt.Errorf("node state %s is for node %s but the certificate is for %s: restore a matching pair", path, s.NodeID, nodeID)
 		}
 		if manager && s.RaftID == 0 {
 			s.RaftID = newRaftID()
 			if err := saveState(dir, &s); err != nil {
-				return nil, false, err
+				return nil, err
 			}
 		}
-		return &s, false, nil
+		return &s, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return nil, false, fmt.Errorf("read node state: %w", err)
+		return nil, fmt.Errorf("read node state: %w", err)
 	}
 	s := &State{NodeID: nodeID}
 	if manager {
 		s.RaftID = newRaftID()
 	}
 	if err := saveState(dir, s); err != nil {
-		return nil, false, err
+		return nil, err
 	}
-	return s, true, nil
+	return s, nil
 }
 
 func saveState(dir string, s *State) error {

@@ -34,16 +34,13 @@ func NewServer(s *store.MemoryStore, unavailable func(error) (string, bool)) *Se
 	return &Server{store: s, unavailable: unavailable}
 }
 
-// kindNames is how a kind is called in messages.
-func kindName(kind string) string { return kind }
-
 // resolve finds the one object of type T a reference names: an exact ID, then
 // an exact name, then a unique ID prefix.
 func resolve[T api.StoreObject](tx store.ReadTx, ref string) (T, error) {
 	var zero T
 	kind := zero.Kind()
 	if ref == "" {
-		return zero, status.Errorf(codes.InvalidArgument, "a %s ID or name is required", kindName(kind))
+		return zero, status.Errorf(codes.InvalidArgument, "a %s ID or name is required", kind)
 	}
 	// Generated getters are nil-safe: a missing object has an empty ID.
 	if o := store.Get[T](tx, ref); o.GetID() != "" {
@@ -65,7 +62,7 @@ func resolve[T api.StoreObject](tx store.ReadTx, ref string) (T, error) {
 	}
 	switch len(byPrefix) {
 	case 0:
-		return zero, status.Errorf(codes.NotFound, "%s %q not found", kindName(kind), ref)
+		return zero, status.Errorf(codes.NotFound, "%s %q not found", kind, ref)
 	case 1:
 		return byPrefix[0], nil
 	}
@@ -83,7 +80,7 @@ func ambiguous[T api.StoreObject](kind, ref, what string, objs []T) error {
 	}
 	sort.Strings(list)
 	return status.Errorf(codes.InvalidArgument, "%s %q matches %d %ss: %s; give more of the ID",
-		what, ref, len(objs), kindName(kind), strings.Join(list, ", "))
+		what, ref, len(objs), kind, strings.Join(list, ", "))
 }
 
 // writeError turns an error of a store write into a status.
@@ -94,7 +91,7 @@ func (s *Server) writeError(kind, name string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	what := kindName(kind)
+	what := kind
 	if name != "" {
 		what = fmt.Sprintf("%s %q", what, name)
 	}

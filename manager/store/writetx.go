@@ -444,15 +444,3 @@ func (t *writeTx) rollback(mark int) {
 	t.buf = t.buf[:t.undo[mark].off]
 	t.undo = t.undo[:mark]
 }
-
-// readVarint decodes a varint written by appendVarint: its value and length.
-func readVarint(b []byte) (int, int) {
-	var v uint64
-	for i, c := range b {
-		v |= uint64(c&0x7f) << (7 * i)
-		if c < 0x80 {
-			return int(v), i + 1
-		}
-	}
-	panic("store: truncated varint in own transaction")
-}
