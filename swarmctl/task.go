@@ -194,9 +194,15 @@ func taskTable(rows []taskRow, nodeNames map[string]string, now time.Time) [][]s
 		if since := ago(t.Status.Timestamp, now); since != "" {
 			current += " " + since
 		}
+		// The error, or for a task that cannot be placed the reason why, as
+		// Docker shows it.
+		why := t.Status.Err
+		if why == "" && t.Status.State == api.TaskStatePending {
+			why = t.Status.Message
+		}
 		errCol := ""
-		if t.Status.Err != "" {
-			errCol = `"` + strings.Join(strings.Fields(t.Status.Err), " ") + `"`
+		if why != "" {
+			errCol = `"` + strings.Join(strings.Fields(why), " ") + `"`
 		}
 		out[i] = []string{t.ID, r.name, imageColumn(t.Spec.Container), node, pretty(t.DesiredState.String()), current, errCol}
 	}

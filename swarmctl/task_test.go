@@ -106,3 +106,13 @@ func TestParseTaskState(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// A task that cannot be placed shows why in the ERROR column, as Docker does.
+func TestPendingTaskShowsWhy(t *testing.T) {
+	p := task("t2", "web", 2, "", 10*time.Second, api.TaskStatePending, api.TaskStateRunning)
+	p.Status.Message = "no suitable node (1 node lacks memory)"
+	rows := taskTable(taskRows([]*api.Task{p}), nil, now)
+	if got := rows[0][6]; got != `"no suitable node (1 node lacks memory)"` {
+		t.Fatalf("ERROR column %q", got)
+	}
+}
