@@ -9,3 +9,17 @@ func ControlServiceMethods() []string {
 	}
 	return out
 }
+
+// LogsServiceMethods lists the method names of the Logs service (the
+// client's side of task logs, served beside Control), for per-method
+// authorization tables.
+func LogsServiceMethods() []string {
+	out := make([]string, 0, len(_Logs_serviceDesc.Methods)+len(_Logs_serviceDesc.Streams))
+	for _, m := range _Logs_serviceDesc.Methods {
+		out = append(out, m.MethodName)
+	}
+	for _, s := range _Logs_serviceDesc.Streams {
+		out = append(out, s.StreamName)
+	}
+	return out
+}
