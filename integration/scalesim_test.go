@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -119,42 +121,79 @@ func runScale(b *testing.B, agents, replicas int) {
 		b.Fatal(err)
 	}
 	created := time.Now()
-	poll := max(20*time.Millisecond, time.Duration(replicas/100)*time.Millisecond)
+	// The service's status (computed on read) counts its tasks by state: far
+	// cheaper to poll than listing R tasks, and it gives the timeline of the
+	// pipeline's stages.
+	var timeline []string
+	lastStates := ""
 	for {
-		running := countRunning(b, ctl)
-		if running == replicas {
+		status := serviceStatus(b, ctl, "scale")
+		if states := formatStates(status.TaskStates); states != lastStates && os.Getenv("FLOTILLA_SCALE_TIMELINE") != "" {
+			timeline = append(timeline, fmt.Sprintf("  %6.2fs %s", time.Since(created).Seconds(), states))
+			lastStates = states
+		}
+		if status.RunningTasks == uint64(replicas) {
 			break
 		}
 		if time.Since(created) > 20*time.Minute {
-			b.Fatalf("%d of %d tasks running after 20 minutes", running, replicas)
+			b.Fatalf("%d of %d tasks running after 20 minutes", status.RunningTasks, replicas)
 		}
-		time.Sleep(poll)
+		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Since(created)
 	b.StopTimer()
 	rss := peakRSS()
+	if path := os.Getenv("FLOTILLA_SCALE_HEAPPROFILE"); path != "" {
+		writeHeapProfile(b, path)
+	}
 	b.ReportMetric(elapsed.Seconds(), "s")
 	b.ReportMetric(float64(replicas)/elapsed.Seconds(), "tasks/s")
 	b.ReportMetric(float64(rss)/(1<<20), "peak-RSS-MB")
 	fmt.Printf("scale: N=%d R=%d seconds=%.2f tasks/s=%.0f peak_rss=%dMB (joined %d agents in %s)\n",
 		agents, replicas, elapsed.Seconds(), float64(replicas)/elapsed.Seconds(), rss>>20, agents, joined.Round(time.Millisecond))
+	for _, line := range timeline {
+		fmt.Println(line)
+	}
 }
 
-// countRunning counts tasks that are RUNNING and wanted so.
-func countRunning(b *testing.B, ctl api.ControlClient) int {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	resp, err := ctl.ListTasks(ctx, &api.ListTasksRequest{Filters: &api.ListTasksRequest_Filters{DesiredStates: []api.TaskState{api.TaskStateRunning}}})
+// writeHeapProfile writes the live heap (after a GC) to path, for finding
+// what holds the peak.
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
 	if err != nil {
 		b.Fatal(err)
 	}
-	n := 0
-	for _, t := range resp.Tasks {
-		if t.Status.State == api.TaskStateRunning {
-			n++
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// serviceStatus is the named service's task counts as the control API
+// reports them.
+func serviceStatus(b *testing.B, ctl api.ControlClient, name string) *api.ServiceStatus {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	resp, err := ctl.GetService(ctx, &api.GetServiceRequest{ServiceID: name, IncludeStatus: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if resp.Service.Status == nil {
+		return &api.ServiceStatus{}
+	}
+	return resp.Service.Status
+}
+
+// formatStates prints per-state counts in lifecycle order.
+func formatStates(counts map[string]uint64) string {
+	var parts []string
+	for s := api.TaskStateNew; s <= api.TaskStateOrphaned; s++ {
+		if n := counts[s.String()]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s=%d", s, n))
 		}
 	}
-	return n
+	return strings.Join(parts, " ")
 }
 
 func waitReadyNodes(b *testing.B, ctl api.ControlClient, want int, within time.Duration) {

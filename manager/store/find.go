@@ -116,17 +116,34 @@ func Count(tx ReadTx, kind string, b By) (int, error) {
 }
 
 func count(txn *memdb.Txn, kind string, b By) (int, error) {
+	n := 0
+	err := each(txn, kind, b, func(api.StoreObject) bool { n++; return true })
+	return n, err
+}
+
+func each(txn *memdb.Txn, kind string, b By, fn func(api.StoreObject) bool) error {
 	index, args, prefix := b.lookup()
 	if prefix {
 		index += "_prefix"
 	}
 	it, err := txn.Get(kind, index, args...)
 	if err != nil {
-		return 0, err
+		return fmt.Errorf("find %s by %s: %w", kind, strings.TrimSuffix(index, "_prefix"), err)
 	}
-	n := 0
 	for o := it.Next(); o != nil; o = it.Next() {
-		n++
+		if !fn(o.(api.StoreObject)) {
+			return nil
+		}
 	}
-	return n, nil
+	return nil
+}
+
+// Each calls fn with each object of type T that b selects, in ID order,
+// until fn returns false. Unlike Find it does not copy: fn sees the store's
+// own object and must neither modify it nor keep it past the transaction.
+// It is for hot paths that only read a few fields of many objects (counting
+// a service's tasks by state).
+func Each[T api.StoreObject](tx ReadTx, b By, fn func(T) bool) error {
+	var zero T
+	return tx.each(zero.Kind(), b, func(o api.StoreObject) bool { return fn(o.(T)) })
 }

@@ -59,6 +59,7 @@ type ReadTx interface {
 	Find(kind string, b By) ([]api.StoreObject, error)
 	count(kind string, b By) (int, error)
 	exists(kind, id string) bool
+	each(kind string, b By, fn func(api.StoreObject) bool) error
 }
 
 // Tx reads and writes within one transaction. Reads see the transaction's own
@@ -121,7 +122,10 @@ func (t readTx) Get(kind, id string) api.StoreObject {
 
 func (t readTx) Find(kind string, b By) ([]api.StoreObject, error) { return find(t.txn, kind, b) }
 func (t readTx) count(kind string, b By) (int, error)              { return count(t.txn, kind, b) }
-func (t readTx) exists(kind, id string) bool                       { return get(t.txn, kind, id) != nil }
+func (t readTx) each(kind string, b By, fn func(api.StoreObject) bool) error {
+	return each(t.txn, kind, b, fn)
+}
+func (t readTx) exists(kind, id string) bool { return get(t.txn, kind, id) != nil }
 
 // View runs cb on a consistent snapshot of the store.
 func (s *MemoryStore) View(cb func(ReadTx)) {

@@ -166,6 +166,10 @@ func (t *writeTx) Find(kind string, b By) ([]api.StoreObject, error) {
 	return out, err
 }
 
+func (t *writeTx) each(kind string, b By, fn func(api.StoreObject) bool) error {
+	return t.scan(kind, b, fn)
+}
+
 func (t *writeTx) count(kind string, b By) (int, error) {
 	n := 0
 	err := t.scan(kind, b, func(api.StoreObject) bool {

@@ -878,3 +878,47 @@ func TestApplyMatchesReference(t *testing.T) {
 		t.Errorf("%d of 3000 transactions refused: the test does not exercise both outcomes", refused)
 	}
 }
+
+// Each sees what Find sees, in the same order, in a committed view and in a
+// transaction with its own writes, and stops when told to.
+func TestEachMatchesFind(t *testing.T) {
+	s, _ := newTestStore(t)
+	mustUpdate(t, s, func(tx Tx) error {
+		for i := range 5 {
+			if err := tx.Create(task(fmt.Sprintf("t%d", i), "svc", uint64(i+1), "n1", api.TaskStateRunning)); err != nil {
+				return err
+			}
+		}
+		return tx.Create(task("other", "svc2", 1, "n1", api.TaskStateRunning))
+	})
+	check := func(tx ReadTx, want []string) {
+		t.Helper()
+		found, err := Find[*api.Task](tx, ByServiceID("svc"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var seen []string
+		if err := Each(tx, ByServiceID("svc"), func(tk *api.Task) bool { seen = append(seen, tk.ID); return true }); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(seen, ids(found)) || !slices.Equal(seen, want) {
+			t.Fatalf("Each saw %v, Find %v, want %v", seen, ids(found), want)
+		}
+		var first []string
+		_ = Each(tx, ByServiceID("svc"), func(tk *api.Task) bool { first = append(first, tk.ID); return len(first) < 2 })
+		if len(first) != 2 {
+			t.Fatalf("Each went on after false: %v", first)
+		}
+	}
+	s.View(func(tx ReadTx) { check(tx, []string{"t0", "t1", "t2", "t3", "t4"}) })
+	mustUpdate(t, s, func(tx Tx) error {
+		if err := tx.Delete(api.KindTask, "t1"); err != nil {
+			return err
+		}
+		if err := tx.Create(task("t5", "svc", 6, "n2", api.TaskStateRunning)); err != nil {
+			return err
+		}
+		check(tx, []string{"t0", "t2", "t3", "t4", "t5"})
+		return nil
+	})
+}
