@@ -13,6 +13,9 @@
 // SIM_EXIT=3), or the container label SIM_EXIT, exits with that code as
 // soon as it runs: 0 completes it, anything else fails it (useful to
 // exercise restart policies). An unparsable value rejects the task.
+//
+// Output can be simulated too (SIM_LOG and friends, see logs.go): the
+// controller implements exec.ControllerLogs over lines kept in memory.
 package sim
 
 import (
@@ -38,6 +41,9 @@ const ExitEnv = "SIM_EXIT"
 type Executor struct {
 	hostname string
 	labels   map[string]string
+
+	mu   sync.Mutex
+	logs map[string]*taskLog // by task ID, until the task is removed
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -45,7 +51,7 @@ var _ exec.Executor = (*Executor)(nil)
 // New returns a simulated executor for a node named hostname whose engine
 // carries labels (copied).
 func New(hostname string, labels map[string]string) *Executor {
-	return &Executor{hostname: hostname, labels: maps.Clone(labels)}
+	return &Executor{hostname: hostname, labels: maps.Clone(labels), logs: map[string]*taskLog{}}
 }
 
 // Describe reports the real host's platform and resources under the given
@@ -71,24 +77,54 @@ func (e *Executor) Controller(t *api.Task) (exec.Controller, error) {
 	if ok {
 		c.exit = &code
 	}
+	if c.plan, err = planLogs(t); err != nil {
+		return nil, fmt.Errorf("task %s: %w", t.ID, err)
+	}
+	c.log, c.forget = e.taskLog(t.ID)
 	return c, nil
+}
+
+// taskLog returns the output of task id, kept across its controllers, and
+// the function that forgets it.
+func (e *Executor) taskLog(id string) (*taskLog, func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l := e.logs[id]
+	if l == nil {
+		l = newTaskLog()
+		e.logs[id] = l
+	}
+	return l, func() {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if e.logs[id] == l {
+			delete(e.logs, id)
+		}
+	}
+}
+
+// envOrLabel reads key from the container spec: its environment first (the
+// last entry wins, as in a shell), then its labels.
+func envOrLabel(c *api.ContainerSpec, key string) (string, bool) {
+	if c == nil {
+		return "", false
+	}
+	val, found := "", false
+	for _, kv := range c.Env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			val, found = v, true
+		}
+	}
+	if !found {
+		val, found = c.Labels[key]
+	}
+	return val, found
 }
 
 // exitCode reads SIM_EXIT from the container spec: its environment first,
 // then its labels.
 func exitCode(c *api.ContainerSpec) (code int, ok bool, err error) {
-	if c == nil {
-		return 0, false, nil
-	}
-	val, found := "", false
-	for _, kv := range c.Env {
-		if v, isExit := strings.CutPrefix(kv, ExitEnv+"="); isExit {
-			val, found = v, true // the last one wins, as in a shell
-		}
-	}
-	if !found {
-		val, found = c.Labels[ExitEnv]
-	}
+	val, found := envOrLabel(c, ExitEnv)
 	if !found {
 		return 0, false, nil
 	}
@@ -105,6 +141,9 @@ func exitCode(c *api.ContainerSpec) (code int, ok bool, err error) {
 type Controller struct {
 	exit    *int // SIM_EXIT, if set
 	stopped chan struct{}
+	plan    logPlan
+	log     *taskLog
+	forget  func() // drops log from the executor
 
 	mu        sync.Mutex
 	calls     map[string]int
@@ -134,8 +173,22 @@ func (c *Controller) Calls(name string) int {
 // Prepare does nothing.
 func (c *Controller) Prepare(context.Context) error { c.record("prepare"); return nil }
 
-// Start does nothing: the task "runs" from now on.
-func (c *Controller) Start(context.Context) error { c.record("start"); return nil }
+// Start does nothing but print (see logs.go): the task "runs" from now on.
+func (c *Controller) Start(context.Context) error {
+	c.record("start")
+	if !c.log.begin() {
+		return nil // started before (an earlier controller): printed already
+	}
+	if c.exit != nil || c.plan.interval == 0 {
+		c.log.run(c.plan, c.stopped)
+		if c.exit != nil {
+			c.log.exit()
+		}
+		return nil
+	}
+	go c.log.run(c.plan, c.stopped)
+	return nil
+}
 
 // Wait returns the SIM_EXIT exit (nil for 0, an *exec.ExitError otherwise)
 // at once if the task has one; otherwise it blocks until the task is shut
@@ -162,8 +215,14 @@ func (c *Controller) Shutdown(context.Context) error { c.record("shutdown"); c.s
 // Terminate stops the task as Shutdown does.
 func (c *Controller) Terminate(context.Context) error { c.record("terminate"); c.stop(); return nil }
 
-// Remove does nothing: a simulated task leaves nothing behind.
-func (c *Controller) Remove(context.Context) error { c.record("remove"); return nil }
+// Remove forgets the task's output: a simulated task leaves nothing else
+// behind.
+func (c *Controller) Remove(context.Context) error {
+	c.record("remove")
+	c.log.exit()
+	c.forget()
+	return nil
+}
 
 // Close does nothing; the task, if running, "keeps running".
 func (c *Controller) Close() error { c.record("close"); return nil }
@@ -174,5 +233,6 @@ func (c *Controller) stop() {
 	if !c.isStopped {
 		c.isStopped = true
 		close(c.stopped)
+		c.log.exit()
 	}
 }
