@@ -23,7 +23,7 @@
 // daemon its own root, state, gRPC address and ttrpc address (Address +
 // ".ttrpc"), turns off the debug and metrics listeners and disables the
 // plugins swarmd never uses (CRI, the aufs/btrfs/zfs/devmapper snapshotters,
-// the v1 runtime, tracing), then runs `containerd --config FILE` and returns
+// tracing), then runs `containerd --config FILE` and returns
 // once the daemon answers a Version call.
 //
 // Containers outlive the daemon: each task's shim (containerd-shim-runc-v2)
@@ -128,7 +128,6 @@ var DefaultDisabledPlugins = []string{
 	"io.containerd.snapshotter.v1.btrfs",
 	"io.containerd.snapshotter.v1.zfs",
 	"io.containerd.snapshotter.v1.devmapper",
-	"io.containerd.runtime.v1.linux",
 	"io.containerd.tracing.processor.v1.otlp",
 	"io.containerd.internal.v1.tracing",
 }
