@@ -393,6 +393,17 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 		a.worker.rep.clearSession(sessionID)
 	}()
 
+	// Task logs, on the same connection (logs.go).
+	logsDone := make(chan struct{})
+	go func() {
+		defer close(logsDone)
+		a.logSubscriptions(sctx, conn, addr)
+	}()
+	defer func() {
+		cancel()
+		<-logsDone
+	}()
+
 	period := DefaultHeartbeatPeriod
 	now := make(chan time.Time)
 	close(now)

@@ -26,6 +26,7 @@ type worker struct {
 	executor exec.Executor
 	store    taskdb.Store
 	rep      *reporter
+	logs     *logRegistry // the tasks' controllers, for their logs (logs.go)
 	log      *slog.Logger
 
 	reqs    chan assignRequest
@@ -52,6 +53,7 @@ func newWorker(executor exec.Executor, store taskdb.Store, log *slog.Logger) *wo
 		executor: executor,
 		store:    store,
 		rep:      newReporter(log),
+		logs:     newLogRegistry(),
 		log:      log,
 		reqs:     make(chan assignRequest),
 		removed:  make(chan string),

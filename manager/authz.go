@@ -30,13 +30,20 @@ func remotePolicy() ca.Policy {
 		"/flotilla.api.Dispatcher/Heartbeat":        {Roles: anyNode},
 		"/flotilla.api.Dispatcher/Assignments":      {Roles: anyNode},
 		"/flotilla.api.Dispatcher/UpdateTaskStatus": {Roles: anyNode},
-		"/flotilla.api.Watch/Watch":                 {Roles: managers},
-		"/grpc.health.v1.Health/Check":              {AllowAnonymous: true},
-		"/grpc.health.v1.Health/Watch":              {AllowAnonymous: true},
-		"/grpc.health.v1.Health/List":               {AllowAnonymous: true},
+		// Any node; the broker also checks that a node publishes only for
+		// subscriptions it was sent and only its own tasks' logs.
+		"/flotilla.api.LogBroker/ListenSubscriptions": {Roles: anyNode},
+		"/flotilla.api.LogBroker/PublishLogs":         {Roles: anyNode},
+		"/flotilla.api.Watch/Watch":                   {Roles: managers},
+		"/grpc.health.v1.Health/Check":                {AllowAnonymous: true},
+		"/grpc.health.v1.Health/Watch":                {AllowAnonymous: true},
+		"/grpc.health.v1.Health/List":                 {AllowAnonymous: true},
 	}
 	for _, m := range api.ControlServiceMethods() {
 		p["/flotilla.api.Control/"+m] = ca.Rule{Roles: managers}
+	}
+	for _, m := range api.LogsServiceMethods() {
+		p["/flotilla.api.Logs/"+m] = ca.Rule{Roles: managers}
 	}
 	return p
 }
@@ -63,5 +70,7 @@ func registerRemote(s *grpc.Server, m *Manager) {
 	api.RegisterDispatcherServer(s, m.dispatcher)
 	api.RegisterControlServer(s, m.control)
 	api.RegisterWatchServer(s, m.watch)
+	api.RegisterLogsServer(s, m.logs)
+	api.RegisterLogBrokerServer(s, m.logs)
 	healthpb.RegisterHealthServer(s, m.health)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/flotilla/flotilla/manager/caserver"
 	"github.com/flotilla/flotilla/manager/controlapi"
 	"github.com/flotilla/flotilla/manager/dispatcher"
+	"github.com/flotilla/flotilla/manager/logbroker"
 	"github.com/flotilla/flotilla/manager/orchestrator/global"
 	"github.com/flotilla/flotilla/manager/orchestrator/replicated"
 	"github.com/flotilla/flotilla/manager/orchestrator/restart"
@@ -86,6 +87,7 @@ type Manager struct {
 	restarts   *restart.Supervisor
 	reaper     *taskreaper.Reaper
 	scheduler  *scheduler.Scheduler
+	logs       *logbroker.Broker
 	ready      chan struct{}
 }
 
@@ -130,6 +132,7 @@ func New(cfg Config) (*Manager, error) {
 	m.restarts = restart.New(m.store, restart.Config{Logger: cfg.Logger})
 	m.reaper = taskreaper.New(m.store, taskreaper.Config{Logger: cfg.Logger})
 	m.scheduler = scheduler.New(m.store, cfg.Logger)
+	m.logs = logbroker.New(logbroker.Config{Store: m.store, Identify: identifyPeer, Logger: cfg.Logger})
 	return m, nil
 }
 
@@ -200,6 +203,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	local := grpc.NewServer()
 	api.RegisterControlServer(local, m.control)
 	api.RegisterWatchServer(local, m.watch)
+	api.RegisterLogsServer(local, m.logs)
 	healthpb.RegisterHealthServer(local, m.health)
 
 	var remote *grpc.Server
@@ -275,6 +279,7 @@ func (m *Manager) leaderLoops() []func(context.Context) error {
 		m.restarts.Run,
 		m.reaper.Run,
 		m.scheduler.Run,
+		m.logs.Run,
 	}
 }
 
