@@ -54,7 +54,11 @@ func Read(ctx context.Context, dir string, opts ReadOptions, fn func(Entry) erro
 	f := &follower{dir: dir, cur: cur, fn: fn, keep: keep}
 	defer f.close()
 	var curData []byte
+	var curInfo os.FileInfo
 	if cur != nil {
+		if curInfo, err = cur.Stat(); err != nil {
+			return fmt.Errorf("read logs: %w", err)
+		}
 		if curData, err = io.ReadAll(cur); err != nil {
 			return fmt.Errorf("read logs: %w", err)
 		}
@@ -64,7 +68,7 @@ func Read(ctx context.Context, dir string, opts ReadOptions, fn func(Entry) erro
 	curData = curData[:lastLineEnd(curData)]
 
 	if opts.Tail != 0 {
-		entries, err := tail(dir, curData, opts.Tail, keep)
+		entries, err := tail(dir, curData, curInfo, opts.Tail, keep)
 		if err != nil {
 			return err
 		}
@@ -87,9 +91,40 @@ func lastLineEnd(b []byte) int {
 }
 
 // tail returns the last n (all if n < 0) records passing keep: of the
-// current file's complete lines cur, then of the rotated files, newest
-// first, read one at a time.
-func tail(dir string, cur []byte, n int, keep func(Entry) bool) ([]Entry, error) {
+// current file's complete lines cur (curInfo: nil if there is none), then
+// of the rotated files, newest first. Rotated files newer than cur (it was
+// rotated while Read started) are left to the follower.
+func tail(dir string, cur []byte, curInfo os.FileInfo, n int, keep func(Entry) bool) ([]Entry, error) {
+	var rotated []*os.File // older than cur, newest first
+	defer func() {
+		for _, f := range rotated {
+			f.Close()
+		}
+	}()
+	for i := 1; ; i++ {
+		f, err := os.Open(fileName(dir, i))
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read logs: %w", err)
+		}
+		fi, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("read logs: %w", err)
+		}
+		if curInfo != nil && os.SameFile(fi, curInfo) {
+			for _, newer := range rotated {
+				newer.Close()
+			}
+			rotated = rotated[:0]
+			f.Close()
+			continue
+		}
+		rotated = append(rotated, f)
+	}
+
 	var rev []Entry // newest first
 	take := func(data []byte) bool {
 		data = data[:lastLineEnd(data)]
@@ -106,11 +141,8 @@ func tail(dir string, cur []byte, n int, keep func(Entry) bool) ([]Entry, error)
 		return false
 	}
 	if !take(cur) {
-		for i := 1; ; i++ {
-			data, err := os.ReadFile(fileName(dir, i))
-			if errors.Is(err, os.ErrNotExist) {
-				break
-			}
+		for _, f := range rotated {
+			data, err := io.ReadAll(f)
 			if err != nil {
 				return nil, fmt.Errorf("read logs: %w", err)
 			}
@@ -262,8 +294,12 @@ func (f *follower) switchIfRotated() (bool, error) {
 		if os.SameFile(fi, ofi) {
 			return false, nil
 		}
-		// Rotated: the file read so far is now .k (read to its end
-		// already), or gone. The files rotated since, .k-1 ... .1, are
+		// Rotated: the file read so far is now .k, or gone; what was
+		// appended to it since the last read is still to read.
+		if err := f.readToEOF(); err != nil {
+			return false, err
+		}
+		// The files rotated since then, .k-1 ... .1, are
 		// complete: read them, oldest first, before the new current one.
 		if err := f.readMissed(ofi); err != nil {
 			return false, err
