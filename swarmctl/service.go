@@ -50,15 +50,10 @@ func serviceCommand() *cli.Command {
 			},
 			{
 				Name:      "logs",
-				Usage:     "print the logs of a service's tasks (not available yet)",
+				Usage:     "print the logs of a service's tasks, from every node that runs them",
 				ArgsUsage: "SERVICE",
-				Flags: []cli.Flag{
-					&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing new log lines"},
-					&cli.StringFlag{Name: "tail", Usage: "`N` last lines of each task"},
-				},
-				Action: func(*cli.Context) error {
-					return errors.New("service logs is not implemented yet: the control API has no log streaming RPC")
-				},
+				Flags:     logsFlags(),
+				Action:    serviceLogs,
 			},
 			{
 				Name:      "update",

@@ -34,6 +34,13 @@ func taskCommand() *cli.Command {
 				Action:    taskInspect,
 			},
 			{
+				Name:      "logs",
+				Usage:     "print the logs of a task",
+				ArgsUsage: "TASK",
+				Flags:     logsFlags(),
+				Action:    taskLogs,
+			},
+			{
 				Name:      "rm",
 				Aliases:   []string{"remove"},
 				Usage:     "remove tasks",
