@@ -555,6 +555,9 @@ func (c *Controller) Remove(ctx context.Context) error {
 	if err := c.detach(ctx); err != nil {
 		return classify(fmt.Errorf("detach from the node network: %w", err))
 	}
+	// The logger finishes once the task is deleted: let it, so its last
+	// writes do not race the removal.
+	waitLoggerClosed(c.e.LogDir(c.id()))
 	if err := os.RemoveAll(c.e.taskDir(c.id())); err != nil {
 		return fmt.Errorf("remove task directory: %w", err)
 	}

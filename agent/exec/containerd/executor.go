@@ -64,6 +64,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/flotilla/flotilla/agent/exec"
+	"github.com/flotilla/flotilla/agent/exec/containerd/logging"
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/networking/hostnet"
 )
@@ -144,6 +145,9 @@ type Config struct {
 	// LogBinary is the absolute path of the binary containerd's shim runs as
 	// the logger of each container (swarmd's own executable).
 	LogBinary string
+	// Logger bounds each task's log files (size and number of the rotated
+	// files; logging's defaults if zero).
+	Logger logging.Options
 	// Labels are the engine labels in the node's description.
 	Labels map[string]string
 	// Log receives the executor's logs (default slog.Default()).
