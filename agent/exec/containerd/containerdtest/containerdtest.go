@@ -75,6 +75,27 @@ type Daemon struct {
 	// containerd.log. It is short (/tmp/ctrdNNNN) because socket paths
 	// are limited to 107 bytes.
 	Dir string
+	cfg daemon.Config
+}
+
+// Restart stops the daemon (SIGTERM; if it is already dead, for instance
+// killed by the test, nothing) and starts it again on the same root, state
+// and socket, as a restarted swarmd does with its managed containerd.
+// Running containers keep running through it (their shims are separate
+// processes) and the new daemon finds them. Clients keep working: they
+// reconnect.
+func (d *Daemon) Restart(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := d.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nd, err := daemon.Start(ctx, d.cfg)
+	if err != nil {
+		t.Fatalf("restart containerd: %v", err)
+	}
+	d.Daemon = nd
 }
 
 // Require fails the test when running as root (CI, which must never skip
@@ -114,19 +135,20 @@ func StartDaemon(t testing.TB) *Daemon {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	dd, err := daemon.Start(ctx, daemon.Config{
+	cfg := daemon.Config{
 		Address:     filepath.Join(dir, "c.sock"),
 		Root:        filepath.Join(dir, "root"),
 		State:       filepath.Join(dir, "state"),
 		LogLevel:    "warn",
 		LogPath:     filepath.Join(dir, "containerd.log"),
 		StopTimeout: 5 * time.Second,
-	})
+	}
+	dd, err := daemon.Start(ctx, cfg)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
-	d := &Daemon{Daemon: dd, Dir: dir}
+	d := &Daemon{Daemon: dd, Dir: dir, cfg: cfg}
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(dir, "containerd.log")); err == nil && len(b) > 0 {

@@ -245,6 +245,64 @@ func uniqueID(name string) string {
 	return fmt.Sprintf("%s-%x", name, b)
 }
 
+// TestRunningContainerSurvivesADaemonRestart stops containerd under a
+// running container and starts it again: the task is still running, with
+// the same PID, and the new daemon manages it.
+func TestRunningContainerSurvivesADaemonRestart(t *testing.T) {
+	d := StartDaemon(t)
+	client := d.Client(t, testNS)
+	ctx := namespaces.WithNamespace(context.Background(), testNS)
+	img := Import(t, client, testNS, BusyboxImage(t, ImageOptions{}), "busybox:test")
+	id := uniqueID("survivor")
+	ctr, err := client.NewContainer(ctx, id, d.WithRuncRoot(),
+		containerd.WithNewSnapshot(id, img),
+		containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("sleep", "1000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	pid := task.Pid()
+	oldPID := d.PID()
+
+	t0 := time.Now()
+	d.Restart(t)
+	t.Logf("daemon restarted in %v", time.Since(t0))
+	if d.PID() == oldPID || alive(oldPID) {
+		t.Fatalf("daemon not restarted: pid %d -> %d", oldPID, d.PID())
+	}
+	ctr, err = client.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err = ctr.Task(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := task.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != containerd.Running || task.Pid() != pid {
+		t.Fatalf("after restart: status %s pid %d, want running pid %d", st.Status, task.Pid(), pid)
+	}
+	exitCh, err := task.Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if st := <-exitCh; st.ExitCode() != 137 {
+		t.Errorf("exit code %d after SIGKILL, want 137", st.ExitCode())
+	}
+}
+
 func assertGone(t *testing.T, d *Daemon, containerPID uint32) {
 	t.Helper()
 	if shims, err := d.Shims(); err != nil || len(shims) != 0 {

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
 )
 
 // requireContainerd fails (as root, where CI runs) or skips (otherwise)
@@ -76,6 +78,30 @@ func TestStartAnswersAndStopEndsTheProcess(t *testing.T) {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("config lacks %q:\n%s", want, conf)
 		}
+	}
+	// The plugins swarmd needs are loaded, CRI is not.
+	client, err := containerd.New(d.Address())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plugins, err := client.IntrospectionService().Plugins(ctx)
+	client.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded := map[string]bool{}
+	for _, p := range plugins.Plugins {
+		if p.InitErr == nil {
+			loaded[p.Type+"."+p.ID] = true
+		}
+	}
+	for _, want := range []string{"io.containerd.grpc.v1.tasks", "io.containerd.grpc.v1.images", "io.containerd.snapshotter.v1.overlayfs", "io.containerd.runtime.v2.task", "io.containerd.grpc.v1.leases"} {
+		if !loaded[want] {
+			t.Errorf("plugin %s not loaded", want)
+		}
+	}
+	if loaded["io.containerd.grpc.v1.cri"] {
+		t.Error("CRI plugin loaded")
 	}
 	if _, err := os.Stat(d.TTRPCAddress()); err != nil {
 		t.Errorf("ttrpc socket: %v", err)
