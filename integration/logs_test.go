@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla/flotilla/agent/exec/sim"
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/ca"
 )
@@ -479,4 +481,53 @@ func TestServiceLogsRefuseAnotherNodesTask(t *testing.T) {
 			t.Errorf("w2's line carries node %s", m.Context.NodeID)
 		}
 	}
+}
+
+// TestServiceLogsFigures measures the broker path on an in-process cluster
+// (a manager and one worker, real gRPC and mTLS, sim executor) and logs the
+// figures (go test -v -run ServiceLogsFigures ./integration/); it asserts
+// only that every line arrives. Bulk: lines/s of one read of 4 tasks ×
+// sim.MaxLogLines lines. Follow: latency from a sim task printing a line to
+// the client receiving it (4 tasks, one line every 5 ms each).
+func TestServiceLogsFigures(t *testing.T) {
+	c := newTestCluster(t, 1)
+	cl := logsClient(t, c.mgr.n.ControlSocket())
+	bulk := c.createService("bulk", svcReplicas(4), svcEnv(fmt.Sprintf("SIM_LOG=%d", sim.MaxLogLines)))
+	c.waitRunning(bulk, 4, 30*time.Second)
+	ticker := c.createService("ticker", svcReplicas(4), svcEnv("SIM_LOG=1000000", "SIM_LOG_INTERVAL=5ms"))
+	c.waitRunning(ticker, 4, 30*time.Second)
+
+	for round := 0; round < 2; round++ { // the first warms up
+		start := time.Now()
+		msgs, _ := readLogs(t, cl, time.Minute, serviceLogs(bulk, nil))
+		took := time.Since(start)
+		if len(msgs) != 4*sim.MaxLogLines {
+			t.Fatalf("bulk read: %d lines, want %d", len(msgs), 4*sim.MaxLogLines)
+		}
+		if round == 1 {
+			t.Logf("bulk read: %d lines in %s: %.0f lines/s", len(msgs), took.Round(time.Millisecond), float64(len(msgs))/took.Seconds())
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := cl.SubscribeLogs(ctx, serviceLogs(ticker, &api.LogSubscriptionOptions{Follow: true, Tail: -1}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lat []time.Duration
+	for len(lat) < 800 {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now()
+		for _, lm := range m.Messages {
+			lat = append(lat, now.Sub(pbTime(lm.Timestamp)))
+		}
+	}
+	cancel()
+	slices.Sort(lat)
+	t.Logf("follow: %d lines, print-to-client latency p50 %s p99 %s max %s", len(lat),
+		lat[len(lat)/2].Round(10*time.Microsecond), lat[len(lat)*99/100].Round(10*time.Microsecond), lat[len(lat)-1].Round(10*time.Microsecond))
 }
