@@ -1,6 +1,3 @@
-// Package hostnet gives each task on a node its own network namespace,
-// connected to a node-local bridge with outbound NAT, and forwards the node's
-// host-mode published ports to tasks (nftables).
 package hostnet
 
 import (
