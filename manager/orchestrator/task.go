@@ -15,7 +15,7 @@ import (
 // place it).
 func NewTask(svc *api.Service, slot uint64, nodeID string, now time.Time) *api.Task {
 	ts, _ := types.TimestampProto(now)
-	return &api.Task{
+	t := &api.Task{
 		ID:                 identity.NewID(),
 		ServiceID:          svc.ID,
 		Slot:               slot,
@@ -26,6 +26,19 @@ func NewTask(svc *api.Service, slot uint64, nodeID string, now time.Time) *api.T
 		DesiredState:       api.TaskStateRunning,
 		Status:             api.TaskStatus{State: api.TaskStateNew, Timestamp: ts, Message: "created"},
 	}
+	// The task carries its ports: the executor publishes host-mode ones on
+	// its node, and the scheduler keeps two tasks with the same host port
+	// off one node.
+	switch {
+	case svc.Endpoint != nil:
+		t.Endpoint = svc.Endpoint.Copy()
+	case svc.Spec.Endpoint != nil && len(svc.Spec.Endpoint.Ports) > 0:
+		t.Endpoint = &api.Endpoint{Spec: svc.Spec.Endpoint.Copy()}
+		for _, p := range svc.Spec.Endpoint.Ports {
+			t.Endpoint.Ports = append(t.Endpoint.Ports, p.Copy())
+		}
+	}
+	return t
 }
 
 // IsCurrent reports whether t is still wanted (DesiredState at most RUNNING).

@@ -122,6 +122,30 @@ func (f resourceFilter) check(n *nodeInfo) (reason, bool) {
 	return reason{}, true
 }
 
+// hostPortFilter keeps nodes where none of the task's host-mode ports is
+// published by another task.
+type hostPortFilter struct {
+	keys []string
+	why  []reason // why[i]: keys[i] is taken
+}
+
+func newHostPortFilter(ports string) *hostPortFilter {
+	f := &hostPortFilter{keys: strings.Split(ports, ",")}
+	for _, k := range f.keys {
+		f.why = append(f.why, reason{"has host port " + k + " in use", "have host port " + k + " in use"})
+	}
+	return f
+}
+
+func (f *hostPortFilter) check(n *nodeInfo) (reason, bool) {
+	for i, k := range f.keys {
+		if n.ports[k] > 0 {
+			return f.why[i], false
+		}
+	}
+	return reason{}, true
+}
+
 // pipeline is the filters of one placement group, in order. The filters from
 // index dynamic on depend on what runs on the node, so they are checked again
 // after each task placed there; the others do not change during a pass.
@@ -147,6 +171,9 @@ func newPipeline(t *api.Task) (*pipeline, error) {
 	p.dynamic = len(p.filters)
 	if maxReplicas > 0 {
 		p.filters = append(p.filters, newMaxReplicasFilter(t.ServiceID, maxReplicas))
+	}
+	if ports := hostPorts(t); ports != "" {
+		p.filters = append(p.filters, newHostPortFilter(ports))
 	}
 	if cpu, mem := reservation(t); cpu > 0 || mem > 0 {
 		p.filters = append(p.filters, resourceFilter{cpu: cpu, mem: mem})

@@ -377,3 +377,15 @@ func running(node string) taskOpt {
 
 // onNode presets the task's node (a global service's task).
 func onNode(node string) taskOpt { return func(t *api.Task) { t.NodeID = node } }
+
+// withHostPort publishes host port published (TCP, host mode) to target.
+func withHostPort(published, target uint32) taskOpt {
+	return func(t *api.Task) {
+		if t.Endpoint == nil {
+			t.Endpoint = &api.Endpoint{}
+		}
+		t.Endpoint.Ports = append(t.Endpoint.Ports, &api.PortConfig{
+			PublishMode: api.PublishModeHost, PublishedPort: published, TargetPort: target,
+		})
+	}
+}

@@ -1,6 +1,9 @@
 package scheduler
 
 import (
+	"strconv"
+	"strings"
+
 	"github.com/flotilla/flotilla/api"
 )
 
@@ -10,6 +13,9 @@ type use struct {
 	service string
 	cpu     int64 // reserved nano CPUs
 	mem     int64 // reserved memory bytes
+	// ports are the host-mode ports the task publishes on its node
+	// ("8080/tcp", comma-separated; a string keeps use comparable).
+	ports string
 	// active: the task is still desired running, so it counts for spreading
 	// and max replicas. A task being stopped keeps its reservation until it
 	// has stopped, but no longer counts as a replica.
@@ -28,8 +34,33 @@ func usage(t *api.Task) (use, bool) {
 		service: t.ServiceID,
 		cpu:     cpu,
 		mem:     mem,
+		ports:   hostPorts(t),
 		active:  t.DesiredState <= api.TaskStateRunning,
 	}, true
+}
+
+// hostPorts are the host-mode ports with a fixed number that t publishes on
+// its node, as "8080/tcp" keys joined by commas ("" for none). Two tasks
+// with a common key cannot share a node.
+func hostPorts(t *api.Task) string {
+	var ports []*api.PortConfig
+	if t.Endpoint != nil {
+		ports = t.Endpoint.Ports
+		if len(ports) == 0 && t.Endpoint.Spec != nil {
+			ports = t.Endpoint.Spec.Ports
+		}
+	}
+	var keys []string
+	for _, p := range ports {
+		if p.PublishMode == api.PublishModeHost && p.PublishedPort != 0 {
+			keys = append(keys, portKey(p))
+		}
+	}
+	return strings.Join(keys, ",")
+}
+
+func portKey(p *api.PortConfig) string {
+	return strconv.FormatUint(uint64(p.PublishedPort), 10) + "/" + strings.ToLower(p.Protocol.String())
 }
 
 // reservation is the CPU and memory a task reserves.
@@ -54,10 +85,28 @@ type nodeInfo struct {
 	// active counts those still desired running, in total and per service.
 	active    int
 	byService map[string]int
+	// ports counts the tasks holding each host port ("8080/tcp").
+	ports map[string]int
 }
 
 func newNodeInfo(id string) *nodeInfo {
 	return &nodeInfo{id: id, byService: map[string]int{}}
+}
+
+func (n *nodeInfo) holdPorts(keys string, delta int) {
+	if keys == "" {
+		return
+	}
+	if n.ports == nil {
+		n.ports = map[string]int{}
+	}
+	for _, k := range strings.Split(keys, ",") {
+		if c := n.ports[k] + delta; c > 0 {
+			n.ports[k] = c
+		} else {
+			delete(n.ports, k)
+		}
+	}
 }
 
 // capacity is the node's total CPU and memory.
@@ -72,6 +121,7 @@ func (n *nodeInfo) hold(u use) {
 	n.reservedCPU += u.cpu
 	n.reservedMem += u.mem
 	n.holding++
+	n.holdPorts(u.ports, 1)
 	if u.active {
 		n.active++
 		n.byService[u.service]++
@@ -82,6 +132,7 @@ func (n *nodeInfo) release(u use) {
 	n.reservedCPU -= u.cpu
 	n.reservedMem -= u.mem
 	n.holding--
+	n.holdPorts(u.ports, -1)
 	if u.active {
 		n.active--
 		if c := n.byService[u.service] - 1; c > 0 {

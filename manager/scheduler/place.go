@@ -52,7 +52,9 @@ func groupKey(t *api.Task) string {
 	}
 	b = binary.AppendUvarint(b, uint64(len(placement)))
 	b = append(b, placement...)
+	b = binary.AppendUvarint(b, uint64(len(reservations)))
 	b = append(b, reservations...)
+	b = append(b, hostPorts(t)...)
 	return string(b)
 }
 
@@ -241,7 +243,7 @@ func (s *Scheduler) placePreset(g *group, p *pipeline, tasks []*api.Task, ds *[]
 // assign decides t goes to node, and counts it there at once.
 func (s *Scheduler) assign(t *api.Task, node string, ds *[]*decision) {
 	cpu, mem := reservation(t)
-	s.setUse(t.ID, use{node: node, service: t.ServiceID, cpu: cpu, mem: mem, active: true}, true)
+	s.setUse(t.ID, use{node: node, service: t.ServiceID, cpu: cpu, mem: mem, ports: hostPorts(t), active: true}, true)
 	s.removePending(t.ID)
 	*ds = append(*ds, &decision{t: t, node: node})
 }

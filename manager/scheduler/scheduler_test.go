@@ -230,6 +230,39 @@ func TestMaxReplicasPerNode(t *testing.T) {
 	h.checkState()
 }
 
+// Two tasks that publish the same host port never share a node; a task
+// whose port is taken everywhere waits, saying so, until a port frees up.
+func TestHostPortsKeepTasksApart(t *testing.T) {
+	h := newHarness(t)
+	h.create(nodes("n1", "n2")...)
+	h.create(newTask("other", 1, running("n1"), withHostPort(9090, 90)))
+	tasks := newTasks("web", 3, withHostPort(8080, 80))
+	h.createTasks(tasks)
+	h.start()
+	counts := h.waitAssigned("web", 2)
+	if want := map[string]int{"n1": 1, "n2": 1}; !maps.Equal(counts, want) {
+		t.Errorf("tasks per node = %v, want %v", counts, want)
+	}
+	h.waitPending("web.3", "no suitable node (2 nodes have host port 8080/tcp in use)")
+
+	// Another port on the same node is no conflict.
+	h.createTasks([]*api.Task{newTask("api", 1, withHostPort(9091, 90), withConstraints("node.id==n1"))})
+	h.waitAssigned("api", 1)
+
+	// The task holding 8080 on one node stops: the waiting one goes there.
+	var freed string
+	h.store.View(func(tx store.ReadTx) {
+		for _, tk := range []string{"web.1", "web.2"} {
+			if task := store.Get[*api.Task](tx, tk); task.NodeID != "" {
+				freed = tk
+			}
+		}
+	})
+	h.updateTask(freed, func(tk *api.Task) { tk.Status.State = api.TaskStateFailed })
+	h.waitAssigned("web", 3)
+	h.checkState()
+}
+
 func TestGlobalTasksRunOnlyOnTheirNode(t *testing.T) {
 	h := newHarness(t)
 	h.create(
