@@ -56,6 +56,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -166,6 +167,8 @@ type Executor struct {
 
 	pullMu sync.Mutex
 	pulls  map[string]*pullCall // by image reference and credential
+	// pullCount counts the pulls started (tests).
+	pullCount int
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -201,6 +204,13 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		}
 	}
 
+	// containerd's dialer waits for a missing socket to appear: say at once
+	// that there is none.
+	if sock := strings.TrimPrefix(cfg.Address, "unix://"); filepath.IsAbs(sock) {
+		if _, err := os.Stat(sock); err != nil {
+			return nil, fmt.Errorf("containerd at %s: %w; start it or run swarmd without --containerd-addr to let it run its own", cfg.Address, err)
+		}
+	}
 	c, err := client.New(cfg.Address, client.WithDefaultNamespace(cfg.Namespace), client.WithTimeout(connectTimeout))
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s: %w", cfg.Address, err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,6 +42,19 @@ func TestContainers(t *testing.T) {
 		}
 		if cs := bad.Status.ContainerStatus; cs == nil || cs.ContainerID != bad.ID || cs.PID == 0 {
 			t.Errorf("container status %+v: want the task ID as container ID and a PID", cs)
+		}
+	})
+
+	t.Run("Describe", func(t *testing.T) {
+		t.Parallel()
+		en := newEnv(t, d, archive)
+		desc, err := en.e.Describe(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if desc.Hostname != "node-1" || desc.Engine.Executor != Name || !strings.HasPrefix(desc.Engine.Version, "1.") ||
+			desc.Resources.NanoCPUs == 0 || desc.Resources.MemoryBytes == 0 {
+			t.Errorf("description %+v (engine %+v)", desc, desc.Engine)
 		}
 	})
 
@@ -378,5 +392,29 @@ func assertNoContainers(t *testing.T, en *env) {
 	}
 	if n != 0 {
 		t.Errorf("%d active snapshots left", n)
+	}
+}
+
+func TestNewSaysWhenContainerdDoesNotAnswer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, what := range []string{"no socket", "stale socket"} {
+		if what == "stale socket" {
+			l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.SetUnlinkOnClose(false)
+			l.Close()
+		}
+		start := time.Now()
+		_, err := New(ctx, Config{Address: sock, StateDir: t.TempDir(), LogBinary: "/bin/true"})
+		if err == nil || !strings.Contains(err.Error(), "containerd at "+sock) || !strings.Contains(err.Error(), "without --containerd-addr") {
+			t.Errorf("%s: New: %v, want it to name the address and say what to do", what, err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("%s: New took %v to fail", what, took)
+		}
 	}
 }

@@ -223,18 +223,23 @@ func (e *Executor) localImage(ctx context.Context, ref imageRef) (client.Image, 
 // pull fetches and unpacks ref, once for all the tasks that want it at the
 // same time.
 func (e *Executor) pull(ctx context.Context, ref imageRef, auth *registryAuth, progress func(string)) (client.Image, error) {
+	key := ref.Name
+	if auth != nil {
+		key += "\x00" + auth.Username + "\x00" + auth.Password + "\x00" + auth.IdentityToken + "\x00" + auth.ServerAddress
+	}
 	e.pullMu.Lock()
-	p, ok := e.pulls[ref.Name]
+	p, ok := e.pulls[key]
 	if !ok {
 		p = &pullCall{done: make(chan struct{})}
-		e.pulls[ref.Name] = p
+		e.pulls[key] = p
+		e.pullCount++
 		// The pull outlives the first caller's ctx: others may wait for it.
 		go func() {
 			pctx, cancel := context.WithTimeout(e.baseCtx, pullTimeout)
 			defer cancel()
 			p.img, p.err = e.doPull(pctx, ref, auth, p.report)
 			e.pullMu.Lock()
-			delete(e.pulls, ref.Name)
+			delete(e.pulls, key)
 			e.pullMu.Unlock()
 			close(p.done)
 		}()
@@ -291,7 +296,7 @@ func (e *Executor) doPull(ctx context.Context, ref imageRef, auth *registryAuth,
 		client.WithImageHandler(images.HandlerFunc(pr.handle)),
 	)
 	if err != nil {
-		return nil, pullError(ref, err)
+		return nil, pullError(ref, auth != nil && auth.forHost(hostOf(ref), ref.Domain), err)
 	}
 	pr.report(fmt.Sprintf("pulled image %s", ref.Name))
 	return img, nil
@@ -322,7 +327,9 @@ func (p *pullProgress) handle(_ context.Context, desc ocispec.Descriptor) ([]oci
 // on, keeping the registry's own words (`pull access denied`, `manifest
 // unknown`, `connection refused`). A containerd that is unreachable is a
 // temporary error; anything the registry said rejects the task.
-func pullError(ref imageRef, err error) error {
+//
+// withCreds says credentials for the image's registry came with the task.
+func pullError(ref imageRef, withCreds bool, err error) error {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("pull image %s: %w", ref.Name, err)
 	}
@@ -333,6 +340,9 @@ func pullError(ref imageRef, err error) error {
 	switch {
 	case errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized || status.StatusCode == http.StatusForbidden),
 		errors.Is(err, docker.ErrInvalidAuthorization):
+		if withCreds {
+			return fmt.Errorf("pull access denied for %s: unauthorized: the registry refused the credentials the service has, or the repository does not exist (update the service with --with-registry-auth and valid credentials): %w", ref.Name, err)
+		}
 		return fmt.Errorf("pull access denied for %s: unauthorized: the repository does not exist or needs credentials (update the service with --with-registry-auth): %w", ref.Name, err)
 	case errors.As(err, &status) && status.StatusCode == http.StatusNotFound,
 		errdefs.IsNotFound(err):
@@ -362,4 +372,13 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d %ciB", n/div, "KMG"[exp])
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMG"[exp])
+}
+
+// hostOf is the registry host the resolver contacts for ref (Docker Hub's
+// API host for docker.io).
+func hostOf(ref imageRef) string {
+	if ref.Domain == "docker.io" {
+		return "registry-1.docker.io"
+	}
+	return ref.Domain
 }

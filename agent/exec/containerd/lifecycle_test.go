@@ -13,7 +13,6 @@ import (
 
 	"github.com/flotilla/flotilla/agent/exec"
 	"github.com/flotilla/flotilla/agent/exec/containerd/containerdtest"
-	"github.com/flotilla/flotilla/agent/exec/containerd/daemon"
 	"github.com/flotilla/flotilla/api"
 )
 
@@ -100,11 +99,7 @@ func TestContainerdRestartUnderRunningContainer(t *testing.T) {
 	defer cancel()
 
 	task := newTask(&api.ContainerSpec{Command: untilFile("go", "0"), Mounts: []api.Mount{out}})
-	c, err := en.e.Controller(task)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctlr := c.(*Controller)
+	ctlr := en.controller(t, task)
 	task = drive(ctx, t, task, ctlr, api.TaskStateRunning)
 	pid := task.Status.ContainerStatus.PID
 
@@ -134,21 +129,7 @@ func TestContainerdRestartUnderRunningContainer(t *testing.T) {
 	}
 
 	// containerd comes back (same root, state and socket).
-	d2, err := daemon.Start(ctx, daemon.Config{Address: d.Address(), Root: d.Root(), State: d.State(),
-		LogPath: filepath.Join(d.Dir, "containerd.log"), LogLevel: "warn", StopTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := ctlr.Remove(cctx); err != nil {
-			t.Errorf("remove: %v", err)
-		}
-		if err := d2.Stop(cctx); err != nil {
-			t.Errorf("stop containerd: %v", err)
-		}
-	})
+	d.Restart(t)
 	// The client reconnects on its own (grpc backoff, at most connectTimeout).
 	var cs *api.ContainerStatus
 	waitFor(t, 2*connectTimeout, "the executor to reach containerd again", func() bool {

@@ -100,6 +100,30 @@ func TestPullFromRegistry(t *testing.T) {
 		}
 	})
 
+	t.Run("ConcurrentTasksPullOnce", func(t *testing.T) {
+		t.Parallel()
+		en := newEnv(t, d, archiveA)
+		_, out := outDir(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		var wg sync.WaitGroup
+		for range 8 {
+			task := newTask(&api.ContainerSpec{Image: public + "/app/busybox:v1", Mounts: []api.Mount{out}})
+			ctlr := en.controller(t, task)
+			wg.Go(func() {
+				if got := drive(ctx, t, task, ctlr, api.TaskStateCompleted); got.Status.State != api.TaskStateCompleted {
+					t.Errorf("task: %v %q", got.Status.State, got.Status.Err)
+				}
+			})
+		}
+		wg.Wait()
+		en.e.pullMu.Lock()
+		defer en.e.pullMu.Unlock()
+		if en.e.pullCount != 1 {
+			t.Errorf("%d pulls for 8 tasks of one image, want 1", en.e.pullCount)
+		}
+	})
+
 	t.Run("Failures", func(t *testing.T) {
 		t.Parallel()
 		en := newEnv(t, d, archiveA)
@@ -108,7 +132,7 @@ func TestPullFromRegistry(t *testing.T) {
 			want              []string
 		}{
 			{"no credentials", private + "/team/busybox:v1", "", []string{"pull access denied", "unauthorized"}},
-			{"wrong credentials", private + "/team/busybox:v1", auth("alice", "wrong", private), []string{"pull access denied", "unauthorized"}},
+			{"wrong credentials", private + "/team/busybox:v1", auth("alice", "wrong", private), []string{"pull access denied", "unauthorized", "refused the credentials"}},
 			{"credentials for another registry", private + "/team/busybox:v1", auth("alice", "s3cret", "other.example.com"), []string{"unauthorized"}},
 			{"missing tag", public + "/app/busybox:nope", "", []string{"manifest unknown", public + "/app/busybox:nope"}},
 			{"missing repository", public + "/nothing/here:v1", "", []string{"manifest unknown"}},

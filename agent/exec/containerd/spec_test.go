@@ -121,7 +121,7 @@ func TestPullErrorsKeepTheRegistrysWords(t *testing.T) {
 		{fmt.Errorf("failed to do request: %w", &url.Error{Op: "Head", URL: "http://x", Err: syscall.ECONNREFUSED}), "connection refused", false},
 		{fmt.Errorf("containerd: %w", errdefs.ErrUnavailable), "containerd", true},
 	} {
-		err := pullError(ref, tc.err)
+		err := pullError(ref, false, tc.err)
 		if !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), ref.Name) {
 			t.Errorf("%v: got %q, want it to say %q and name the image", tc.err, err, tc.want)
 		}
