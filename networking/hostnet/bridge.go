@@ -57,10 +57,17 @@ func checkSubnet(subnet netip.Prefix, bridgeIndex int) error {
 	return nil
 }
 
+// bridgeOwnerPrefix starts the alias of a bridge a Manager made: the rest is
+// the Manager's StateDir. Two nodes on one machine given the same bridge
+// name and subnet would otherwise share the bridge and hand out the same
+// addresses.
+const bridgeOwnerPrefix = "flotilla state "
+
 // ensureBridge adopts the bridge named name or creates it, and makes sure it
 // has the gateway address and is up. A bridge that exists keeps its ports:
-// running tasks are not disturbed.
-func ensureBridge(name string, gateway netip.Prefix) (netlink.Link, bool, error) {
+// running tasks are not disturbed. A bridge whose alias names another
+// node's state directory that still exists is refused.
+func ensureBridge(name string, gateway netip.Prefix, stateDir string) (netlink.Link, bool, error) {
 	created := false
 	link, err := netlink.LinkByName(name)
 	var notFound netlink.LinkNotFoundError
@@ -90,6 +97,21 @@ func ensureBridge(name string, gateway netip.Prefix) (netlink.Link, bool, error)
 			_ = netlink.LinkDel(link)
 		}
 		return nil, false, err
+	}
+	owner := bridgeOwnerPrefix + stateDir
+	if len(owner) > 255 { // IFALIASZ-1
+		owner = owner[:255]
+	}
+	if alias := link.Attrs().Alias; alias != owner {
+		if other, ok := strings.CutPrefix(alias, bridgeOwnerPrefix); ok {
+			if _, err := os.Stat(filepath.Join(other, "tasks")); err == nil {
+				return fail(fmt.Errorf("bridge %s belongs to the node whose network state is in %s: give each node on this machine its own bridge and subnet (swarmd --bridge-name, --bridge-subnet)", name, other))
+			}
+		}
+		// Ours, made by hand, or its node's state is gone: take it.
+		if err := netlink.LinkSetAlias(link, owner); err != nil {
+			return fail(fmt.Errorf("set alias of bridge %s: %w", name, err))
+		}
 	}
 	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
 	if err != nil {

@@ -58,6 +58,17 @@
 // knows the addresses and ports in use and can clean up after a crash in the
 // middle of an Attach.
 //
+// A bridge the Manager made carries a MAC of its own (derived from the
+// gateway address, so the tasks' ARP entries survive ports coming and going)
+// and, as its alias, the Manager's StateDir: a second node on the same
+// machine given the same bridge name is refused instead of sharing it, and
+// a flock on StateDir/lock refuses two Managers on one state directory.
+// Bridge ports are in hairpin mode (with br_netfilter loaded, a task reaching
+// its own published port through the node's address is bridged back out of
+// the port it came from) and the task's eth0 has IPv6 disabled (IPv4 only).
+// Attach returns once the kernel has both veth ends up and the bridge port
+// forwarding, so a task's first packets are not dropped.
+//
 // Detach removes the map elements, the task's conntrack entries, the veth,
 // the namespace mount and the record. Close releases only the Manager's own
 // handles (the port sockets included); Teardown removes everything.

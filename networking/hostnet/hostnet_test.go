@@ -24,8 +24,10 @@ import (
 
 // The tests need root (CI is root). Each has its own index n: bridge
 // flth<n>, subnet 10.241.<n>.0/24, nft table ip flth<n>, "outside" link
-// flto<n> with 10.242.<n>.0/30, host ports 21<n>00-21<n>99, below the kernel's ephemeral range. They do not run
-// in parallel: TestNoThreadLeftInATaskNamespace checks every thread.
+// flto<n> with 10.242.<n>.0/30, host ports 21000+100n to 21000+100n+99
+// (below the kernel's ephemeral range, where outgoing connections could
+// hold a port). They do not run in parallel: TestNoThreadLeftInATaskNamespace
+// checks every thread.
 
 func requireRoot(t *testing.T) {
 	t.Helper()
@@ -547,6 +549,56 @@ func TestNewRefusesAnOverlappingSubnet(t *testing.T) {
 	}
 	if err := exec.Command("nft", "list", "table", "ip", e.cfg.BridgeName).Run(); err == nil {
 		t.Error("failed New left the nft table")
+	}
+}
+
+func TestTwoNodesCannotShareABridgeOrAStateDir(t *testing.T) {
+	e := newEnv(t, 8)
+	m := e.manager()
+	attach(t, m, e.task("a"))
+
+	if _, err := New(context.Background(), e.cfg); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("second Manager on the same state dir: %v, want an error", err)
+	}
+	other := e.cfg
+	other.StateDir = filepath.Join(t.TempDir(), "other")
+	_, err := New(context.Background(), other)
+	if err == nil || !strings.Contains(err.Error(), e.cfg.StateDir) || !strings.Contains(err.Error(), "--bridge-name") {
+		t.Fatalf("second node on the same bridge: %v, want an error naming the first node's state dir", err)
+	}
+	// Neither attempt disturbed the first node.
+	if _, err := m.Attach(context.Background(), e.task("b"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if ids, _ := m.Attachments(); len(ids) != 2 {
+		t.Fatalf("Attachments = %v", ids)
+	}
+}
+
+func TestFailedAttachLeavesNothingBehind(t *testing.T) {
+	e := newEnv(t, 10)
+	m := e.manager()
+	// Something in the way of the namespace mount, found after the address,
+	// the ports and the record were taken.
+	blocker := filepath.Join(e.cfg.StateDir, "netns", e.task("a"), "x")
+	if err := os.MkdirAll(blocker, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := e.port(3)
+	if _, err := m.Attach(context.Background(), e.task("a"), []*api.PortConfig{hostPort(api.ProtocolTCP, p, 80)}); err == nil {
+		t.Fatal("Attach succeeded with a directory at its namespace path")
+	}
+	if err := os.RemoveAll(filepath.Dir(blocker)); err != nil {
+		t.Fatal(err)
+	}
+	e.assertGone(m, e.task("a"))
+	if len(m.addrs.used) != 0 || len(m.ports.owner) != 0 || len(m.ports.socks) != 0 {
+		t.Fatalf("failed Attach kept addresses %v or ports %v", m.addrs.used, m.ports.owner)
+	}
+	// All of it can be had again.
+	b := attach(t, m, e.task("b"), hostPort(api.ProtocolTCP, p, 80))
+	if want := netip.MustParseAddr("10.241.10.2"); b.Address.Addr() != want {
+		t.Fatalf("next task got %s, want %s", b.Address, want)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/flotilla/flotilla/api"
 )
@@ -35,6 +36,8 @@ type Manager struct {
 
 	mu     sync.Mutex
 	closed bool
+	gone   bool // torn down
+	lock   *os.File // flock of StateDir/lock, held until Close
 	bridge netlink.Link
 	recs   map[string]*record
 	addrs  *addrPool
@@ -70,8 +73,12 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("node network state: %w", err)
 		}
 	}
+	if m.lock, err = lockStateDir(cfg.StateDir); err != nil {
+		return nil, err
+	}
 	recs, err := m.state.load()
 	if err != nil {
+		m.lock.Close()
 		return nil, err
 	}
 
@@ -80,22 +87,26 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		bridgeIndex = l.Attrs().Index
 	}
 	if err := checkSubnet(cfg.Subnet, bridgeIndex); err != nil {
+		m.lock.Close()
 		return nil, err
 	}
 	m.nft, err = newNFTTable(cfg.BridgeName, cfg.Subnet)
 	if err != nil {
+		m.lock.Close()
 		return nil, err
 	}
 	_, terr := m.nft.conn.ListTableOfFamily(cfg.BridgeName, m.nft.table.Family)
 	tableExisted := terr == nil
 
-	bridge, bridgeCreated, err := ensureBridge(cfg.BridgeName, m.gateway)
+	bridge, bridgeCreated, err := ensureBridge(cfg.BridgeName, m.gateway, cfg.StateDir)
 	if err != nil {
+		m.lock.Close()
 		return nil, err
 	}
 	m.bridge = bridge
 	fail := func(err error) (*Manager, error) {
 		m.ports.closeSockets()
+		m.lock.Close()
 		if !tableExisted {
 			_ = m.nft.delete()
 		}
@@ -388,18 +399,35 @@ func (m *Manager) taskIDs() ([]string, error) {
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.closed = true
-	m.ports.closeSockets()
+	if !m.closed {
+		m.closed = true
+		m.ports.closeSockets()
+		m.lock.Close()
+	}
 	return nil
 }
 
 // Teardown removes every task's network, the nftables table, the bridge and
 // the state directory's contents: for tests, and for a node that leaves the
-// cluster. It works on a closed Manager too; the Manager is closed after.
+// cluster. It works on a closed Manager too (if no other Manager has the
+// state directory); the Manager is closed after.
 func (m *Manager) Teardown(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.gone {
+		return nil
+	}
+	if m.closed {
+		// Closed: take the state directory again, unless a newer Manager
+		// has it.
+		lock, err := lockStateDir(m.cfg.StateDir)
+		if err != nil {
+			return fmt.Errorf("tear down node network: %w", err)
+		}
+		m.lock = lock
+	}
 	m.closed = true
+	defer m.lock.Close()
 	ids, err := m.taskIDs()
 	if err != nil {
 		return err
@@ -423,12 +451,30 @@ func (m *Manager) Teardown(ctx context.Context) error {
 	if err := deleteLink(m.cfg.BridgeName); err != nil {
 		return err
 	}
-	if err := errors.Join(os.RemoveAll(m.netnsDir), os.RemoveAll(m.state.dir)); err != nil {
+	if err := errors.Join(os.RemoveAll(m.netnsDir), os.RemoveAll(m.state.dir), os.Remove(m.lock.Name())); err != nil {
 		return fmt.Errorf("remove node network state: %w", err)
 	}
 	_ = os.Remove(m.cfg.StateDir) // only if nothing else is in it
+	m.gone = true
 	m.log.Info("node task network removed", "bridge", m.cfg.BridgeName)
 	return nil
+}
+
+// lockStateDir takes an exclusive flock of dir/lock: one Manager per state
+// directory at a time, in this process or another.
+func lockStateDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("node network state: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("node network state %s is in use by another swarmd (or an unclosed hostnet.Manager): give each node its own state directory", dir)
+		}
+		return nil, fmt.Errorf("lock node network state %s: %w", dir, err)
+	}
+	return f, nil
 }
 
 func (m *Manager) netnsPath(taskID string) string { return filepath.Join(m.netnsDir, taskID) }
