@@ -36,7 +36,7 @@ type Manager struct {
 
 	mu     sync.Mutex
 	closed bool
-	gone   bool // torn down
+	gone   bool     // torn down
 	lock   *os.File // flock of StateDir/lock, held until Close
 	bridge netlink.Link
 	recs   map[string]*record
