@@ -550,6 +550,9 @@ func TestNewRefusesAnOverlappingSubnet(t *testing.T) {
 	if err := exec.Command("nft", "list", "table", "ip", e.cfg.BridgeName).Run(); err == nil {
 		t.Error("failed New left the nft table")
 	}
+	if _, err := os.Stat(e.cfg.StateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed New left its state directory (%v)", err)
+	}
 }
 
 func TestTwoNodesCannotShareABridgeOrAStateDir(t *testing.T) {

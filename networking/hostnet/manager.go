@@ -50,8 +50,8 @@ type Manager struct {
 // records of attached tasks and their ports. It fails, leaving nothing it
 // made behind, if the subnet overlaps a route or an address of the host
 // (*SubnetConflictError).
-func New(ctx context.Context, cfg Config) (*Manager, error) {
-	cfg, err := cfg.withDefaults()
+func New(ctx context.Context, cfg Config) (_ *Manager, err error) {
+	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
@@ -68,17 +68,43 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		addrs:    newAddrPool(cfg.Subnet),
 		ports:    newPortTable(cfg.PortRange),
 	}
+	// A failed New undoes what it did.
+	var (
+		stateDirMade, tableMade, bridgeMade bool
+		bridge                              netlink.Link
+	)
+	defer func() {
+		if err == nil {
+			return
+		}
+		m.ports.closeSockets()
+		if tableMade {
+			_ = m.nft.delete()
+		}
+		if bridgeMade {
+			_ = netlink.LinkDel(bridge)
+		}
+		if stateDirMade {
+			_ = os.RemoveAll(cfg.StateDir)
+		}
+		if m.lock != nil {
+			m.lock.Close()
+		}
+	}()
+	if _, serr := os.Stat(cfg.StateDir); errors.Is(serr, fs.ErrNotExist) {
+		stateDirMade = true
+	}
 	for _, d := range []string{m.netnsDir, m.state.dir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("node network state: %w", err)
 		}
 	}
 	if m.lock, err = lockStateDir(cfg.StateDir); err != nil {
+		stateDirMade = false // another Manager's
 		return nil, err
 	}
 	recs, err := m.state.load()
 	if err != nil {
-		m.lock.Close()
 		return nil, err
 	}
 
@@ -87,45 +113,30 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		bridgeIndex = l.Attrs().Index
 	}
 	if err := checkSubnet(cfg.Subnet, bridgeIndex); err != nil {
-		m.lock.Close()
 		return nil, err
 	}
-	m.nft, err = newNFTTable(cfg.BridgeName, cfg.Subnet)
-	if err != nil {
-		m.lock.Close()
+	if m.nft, err = newNFTTable(cfg.BridgeName, cfg.Subnet); err != nil {
 		return nil, err
 	}
 	_, terr := m.nft.conn.ListTableOfFamily(cfg.BridgeName, m.nft.table.Family)
-	tableExisted := terr == nil
+	tableMade = terr != nil // made below, by program
 
-	bridge, bridgeCreated, err := ensureBridge(cfg.BridgeName, m.gateway, cfg.StateDir)
-	if err != nil {
-		m.lock.Close()
+	if bridge, bridgeMade, err = ensureBridge(cfg.BridgeName, m.gateway, cfg.StateDir); err != nil {
+		tableMade = false
 		return nil, err
 	}
 	m.bridge = bridge
-	fail := func(err error) (*Manager, error) {
-		m.ports.closeSockets()
-		m.lock.Close()
-		if !tableExisted {
-			_ = m.nft.delete()
-		}
-		if bridgeCreated {
-			_ = netlink.LinkDel(bridge)
-		}
-		return nil, err
-	}
 	// Forwarding between the bridge and the host's other links; and
 	// 127.0.0.1:P -> task, whose packets leave through the bridge with a
 	// loopback source after the output DNAT (masqueraded in postrouting).
 	if err := setSysctl("net/ipv4/ip_forward", "1"); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if err := setSysctl(filepath.Join("net/ipv4/conf", cfg.BridgeName, "route_localnet"), "1"); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	if err := m.nft.program(); err != nil {
-		return fail(err)
+		return nil, err
 	}
 
 	var want []portElement
@@ -145,10 +156,10 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	// The map gets exactly the recorded tasks' ports: elements of tasks
 	// detached while swarmd was down (or by hand) go.
 	if err := m.nft.sync(want, func(portElement) bool { return true }); err != nil {
-		return fail(err)
+		return nil, err
 	}
 	m.log.Info("node task network ready", "bridge", cfg.BridgeName, "subnet", cfg.Subnet.String(),
-		"gateway", m.gateway.Addr().String(), "bridge.created", bridgeCreated, "tasks", len(recs))
+		"gateway", m.gateway.Addr().String(), "bridge.created", bridgeMade, "tasks", len(recs))
 	return m, nil
 }
 
