@@ -103,9 +103,10 @@ func (r *logRegistry) matching(sel *api.LogSelector) ([]*logTask, <-chan struct{
 	return out, r.changed
 }
 
-// logs runs lt's Logs under ctx and the task's own life; false if the task
-// is being removed.
-func (r *logRegistry) logs(ctx context.Context, lt *logTask, cl exec.ControllerLogs, opts exec.LogsOptions, publish func(exec.LogEntry) error) (bool, error) {
+// logs runs lt's Logs under ctx and the task's own life (publish gets the
+// context of the call, so that removing the task unblocks it too); false if
+// the task is being removed.
+func (r *logRegistry) logs(ctx context.Context, lt *logTask, cl exec.ControllerLogs, opts exec.LogsOptions, publish func(context.Context, exec.LogEntry) error) (bool, error) {
 	r.mu.Lock()
 	if r.tasks[lt.id] != lt {
 		r.mu.Unlock()
@@ -118,7 +119,7 @@ func (r *logRegistry) logs(ctx context.Context, lt *logTask, cl exec.ControllerL
 	defer cancel()
 	stop := context.AfterFunc(lt.ctx, cancel)
 	defer stop()
-	return true, cl.Logs(ctx, opts, publish)
+	return true, cl.Logs(ctx, opts, func(e exec.LogEntry) error { return publish(ctx, e) })
 }
 
 // logSubscriptions keeps a ListenSubscriptions stream open on conn until
@@ -229,7 +230,7 @@ func (a *Agent) publishLogs(ctx context.Context, client api.LogBrokerClient, sub
 			close(allDone)
 		}
 	}
-	send := func(it logItem) error {
+	send := func(ctx context.Context, it logItem) error {
 		select {
 		case items <- it:
 			return nil
@@ -353,21 +354,21 @@ func streamErr(stream api.LogBroker_PublishLogsClient, err error) error {
 }
 
 // taskLogs publishes one task's lines (or a notice why it cannot).
-func (a *Agent) taskLogs(ctx context.Context, subID string, lt *logTask, opts exec.LogsOptions, send func(logItem) error) {
+func (a *Agent) taskLogs(ctx context.Context, subID string, lt *logTask, opts exec.LogsOptions, send func(context.Context, logItem) error) {
 	notice := func(format string, args ...any) {
-		_ = send(logItem{notice: &api.LogNotice{TaskID: lt.id, Message: fmt.Sprintf(format, args...)}})
+		_ = send(ctx, logItem{notice: &api.LogNotice{TaskID: lt.id, Message: fmt.Sprintf(format, args...)}})
 	}
 	cl, ok := lt.ctlr.(exec.ControllerLogs)
 	if !ok {
 		notice("task %s: this node's executor keeps no logs", lt.id)
 		return
 	}
-	publish := func(e exec.LogEntry) error {
+	publish := func(ctx context.Context, e exec.LogEntry) error {
 		ts, err := types.TimestampProto(e.Time)
 		if err != nil {
 			ts = types.TimestampNow()
 		}
-		return send(logItem{msg: &api.LogMessage{
+		return send(ctx, logItem{msg: &api.LogMessage{
 			Context:   api.LogContext{ServiceID: lt.serviceID, TaskID: lt.id},
 			Timestamp: ts,
 			Stream:    apiStream(e.Stream),
