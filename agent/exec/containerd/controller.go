@@ -298,7 +298,7 @@ func (c *Controller) Start(ctx context.Context) error {
 	if err := os.MkdirAll(logDir, 0o700); err != nil {
 		return fmt.Errorf("log directory: %w", err)
 	}
-	t, err = ctr.NewTask(ctx, c.e.logIO(logDir))
+	t, err = ctr.NewTask(ctx, c.e.logIO(logDir, c.task.Spec.Container.TTY))
 	if errdefs.IsAlreadyExists(err) {
 		return exec.ErrTaskStarted
 	}

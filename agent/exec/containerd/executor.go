@@ -27,6 +27,19 @@
 // (Config.LogBinary, acting as the logger of agent/exec/containerd/logging)
 // that writes bounded, rotated files in the task's log directory.
 //
+// # Controllers
+//
+// Prepare finds or pulls the image, attaches the task to the node network
+// (Config.Network), writes its /etc/hostname, /etc/hosts and /etc/resolv.conf
+// and creates the container; Start creates and starts its process; Wait
+// reports its exit (an OOM kill as such: exit code 137, cause
+// ErrOOMKilled); Shutdown sends the stop signal (spec, else image, else
+// SIGTERM) and SIGKILL after the stop grace period (default 10s); Remove
+// deletes everything but named volumes. Beyond exec.Controller, a Controller
+// is an exec.ContainerStatuser, a PortStatuser and a Progresser (pull
+// progress). Executor.Tasks and RemoveTask find and remove the containers of
+// tasks the agent no longer knows.
+//
 // # State
 //
 // Under Config.StateDir:
@@ -56,6 +69,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -87,9 +102,6 @@ const (
 	// LabelStopSignal is the signal Shutdown sends first, resolved when the
 	// container was created (spec, else image, else SIGTERM).
 	LabelStopSignal = "flotilla.stop-signal"
-	// LabelMemoryLimit is the container's memory limit in bytes, if any, for
-	// the message of an OOM kill.
-	LabelMemoryLimit = "flotilla.memory-limit"
 )
 
 const (
@@ -304,3 +316,44 @@ func classify(err error) error {
 
 // temporary marks err as temporary.
 func temporary(err error) error { return exec.Temporary(err) }
+
+// Tasks lists the IDs of the tasks that have something on the node: a
+// container in the executor's namespace (labelled LabelTaskID) or a state
+// directory. An agent compares it with the tasks it knows to find orphans,
+// and removes them with RemoveTask.
+func (e *Executor) Tasks(ctx context.Context) ([]string, error) {
+	ids := map[string]bool{}
+	cs, err := e.client.Containers(ctx, "labels."+strconv.Quote(LabelTaskID))
+	if err != nil {
+		return nil, classify(fmt.Errorf("list containers: %w", err))
+	}
+	for _, c := range cs {
+		ids[c.ID()] = true
+	}
+	entries, err := os.ReadDir(filepath.Join(e.cfg.StateDir, "tasks"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	for _, d := range entries {
+		if d.IsDir() {
+			ids[d.Name()] = true
+		}
+	}
+	return slices.Sorted(maps.Keys(ids)), nil
+}
+
+// RemoveTask removes everything task id left on the node (its process,
+// container, snapshot, state directory and network attachment), as its
+// controller's Remove does, for a task the agent no longer knows. nil if
+// there is nothing.
+func (e *Executor) RemoveTask(ctx context.Context, id string) error {
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("task ID %q is not one", id)
+	}
+	c := &Controller{
+		e:    e,
+		task: &api.Task{ID: id, Spec: api.TaskSpec{Container: &api.ContainerSpec{}}},
+		log:  e.log.With("task.id", id),
+	}
+	return c.Remove(ctx)
+}

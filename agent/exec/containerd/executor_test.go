@@ -71,6 +71,19 @@ func TestContainers(t *testing.T) {
 		})
 	})
 
+	t.Run("TTYOutputInTheTaskLog", func(t *testing.T) {
+		t.Parallel()
+		en := newEnv(t, d, archive)
+		task, _ := en.run(t, &api.ContainerSpec{Command: sh("tty; echo on-tty"), TTY: true})
+		if task.Status.State != api.TaskStateCompleted {
+			t.Fatalf("task: %v %q", task.Status.State, task.Status.Err)
+		}
+		waitFor(t, 10*time.Second, "the terminal's output in the log", func() bool {
+			got := en.logText(t, task.ID)
+			return strings.Contains(got, "stdout: /dev/pts/") && strings.Contains(got, "stdout: on-tty")
+		})
+	})
+
 	t.Run("ImageConfigOverriddenBySpec", func(t *testing.T) {
 		t.Parallel()
 		en := newEnv(t, d, archive)

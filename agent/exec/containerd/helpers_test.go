@@ -48,7 +48,7 @@ var sharedDaemon struct {
 }
 
 // newEnv starts an executor in a new namespace of d (a new daemon if nil).
-func newEnv(t *testing.T, d *containerdtest.Daemon, archive string) *env {
+func newEnv(t testing.TB, d *containerdtest.Daemon, archive string) *env {
 	t.Helper()
 	ns := "t" + identity.NewID()[:10]
 	client := d.Client(t, ns)
@@ -60,7 +60,7 @@ func newEnv(t *testing.T, d *containerdtest.Daemon, archive string) *env {
 
 // newExecutor makes another executor on en's containerd, namespace and
 // state dir (an agent restarting), closed at the end of the test.
-func (en *env) newExecutor(t *testing.T, cfg Config) *Executor {
+func (en *env) newExecutor(t testing.TB, cfg Config) *Executor {
 	t.Helper()
 	cfg.Address = en.d.Address()
 	cfg.Namespace = en.ns
@@ -79,7 +79,7 @@ func (en *env) newExecutor(t *testing.T, cfg Config) *Executor {
 	return e
 }
 
-func testBinary(t *testing.T) string {
+func testBinary(t testing.TB) string {
 	p, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +109,7 @@ func newTask(cs *api.ContainerSpec) *api.Task {
 // drive calls exec.Do on task until its state reaches until, Do has
 // nothing to do, or ctx ends; it returns the task with its last status.
 // Temporary errors are retried at once.
-func drive(ctx context.Context, t *testing.T, task *api.Task, ctlr exec.Controller, until api.TaskState) *api.Task {
+func drive(ctx context.Context, t testing.TB, task *api.Task, ctlr exec.Controller, until api.TaskState) *api.Task {
 	t.Helper()
 	task = task.Copy()
 	for task.Status.State < until {
@@ -144,7 +144,7 @@ func (en *env) run(t *testing.T, cs *api.ContainerSpec) (*api.Task, *Controller)
 }
 
 // controller makes task's controller, removed at the end of the test.
-func (en *env) controller(t *testing.T, task *api.Task) *Controller {
+func (en *env) controller(t testing.TB, task *api.Task) *Controller {
 	t.Helper()
 	c, err := en.e.Controller(task)
 	if err != nil {

@@ -210,3 +210,26 @@ func TestRemovedTasksLeaveNothingBehind(t *testing.T) {
 		t.Errorf("after Remove: containers %d, snapshots %d, mounts %d, task dirs %d; want %d, %d, %d, %d", c2, s2, m2, d2, c0, s0, m0, d0)
 	}
 }
+
+// TestOrphansListedAndRemoved: containers of tasks the agent forgot are
+// listed by Tasks and removed by RemoveTask.
+func TestOrphansListedAndRemoved(t *testing.T) {
+	d := containerdtest.StartDaemon(t)
+	en := newEnv(t, d, containerdtest.BusyboxImage(t, containerdtest.ImageOptions{}))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	task := newTask(&api.ContainerSpec{Command: sh("sleep 1000")})
+	c, _ := en.e.Controller(task)
+	drive(ctx, t, task, c, api.TaskStateRunning)
+	ids, err := en.e.Tasks(ctx)
+	if err != nil || len(ids) != 1 || ids[0] != task.ID {
+		t.Fatalf("Tasks: %q, %v; want [%s]", ids, err, task.ID)
+	}
+	if err := en.e.RemoveTask(ctx, task.ID); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := en.e.Tasks(ctx); err != nil || len(ids) != 0 {
+		t.Errorf("Tasks after RemoveTask: %q, %v", ids, err)
+	}
+	assertNoContainers(t, en)
+}

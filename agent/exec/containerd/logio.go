@@ -16,8 +16,29 @@ const loggerCloseWait = 3 * time.Second
 // logIO sends the container's stdout and stderr to the logger
 // (Config.LogBinary, acting as agent/exec/containerd/logging's logger),
 // which writes them into dir.
-func (e *Executor) logIO(dir string) cio.Creator {
-	return cio.BinaryIO(e.cfg.LogBinary, logging.ShimArgs(dir, e.cfg.Logger))
+// With tty, the process gets a terminal whose output goes to the logger
+// (as stdout).
+func (e *Executor) logIO(dir string, tty bool) cio.Creator {
+	create := cio.BinaryIO(e.cfg.LogBinary, logging.ShimArgs(dir, e.cfg.Logger))
+	if !tty {
+		return create
+	}
+	return func(id string) (cio.IO, error) {
+		io, err := create(id)
+		if err != nil {
+			return nil, err
+		}
+		return terminalIO{io}, nil
+	}
+}
+
+// terminalIO asks the shim for a terminal (the spec's process has one).
+type terminalIO struct{ cio.IO }
+
+func (t terminalIO) Config() cio.Config {
+	c := t.IO.Config()
+	c.Terminal = true
+	return c
 }
 
 // waitLoggerClosed waits, up to loggerCloseWait, for the logger of dir to
