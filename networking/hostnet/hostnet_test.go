@@ -12,12 +12,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/flotilla/flotilla/api"
 )
@@ -258,6 +260,9 @@ func (e *env) outside() (nsPath string, nodeAddr netip.Addr) {
 	}
 	if err == nil {
 		err = configureTaskLink(nsPath, "eth0", netip.MustParsePrefix(fmt.Sprintf("10.242.%d.2/30", e.n)), netip.Addr{})
+	}
+	if err == nil {
+		err = waitLinkUp(nsPath, "eth0", name, 3*time.Second)
 	}
 	if err != nil {
 		t.Fatalf("configure outside link: %v", err)
@@ -602,6 +607,56 @@ func TestFailedAttachLeavesNothingBehind(t *testing.T) {
 	b := attach(t, m, e.task("b"), hostPort(api.ProtocolTCP, p, 80))
 	if want := netip.MustParseAddr("10.241.10.2"); b.Address.Addr() != want {
 		t.Fatalf("next task got %s, want %s", b.Address, want)
+	}
+}
+
+// TestUDPClientSendingBeforePublishReachesTheTask: a client that sent to
+// the port before it was published keeps its conntrack entry alive (not
+// DNATed) for as long as it keeps sending; Attach clears it.
+func TestUDPClientSendingBeforePublishReachesTheTask(t *testing.T) {
+	e := newEnv(t, 11)
+	m := e.manager()
+	out, nodeAddr := e.outside()
+	p := e.port(5)
+	target := &net.UDPAddr{IP: nodeAddr.AsSlice(), Port: int(p)}
+	var c *net.UDPConn
+	if err := inNetNS(out, func() (err error) { c, err = net.DialUDP("udp4", nil, target); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("early")); err != nil {
+		t.Fatal(err)
+	}
+	// The precondition: the node tracks the early flow, not NATed.
+	for deadline := time.Now().Add(2 * time.Second); ; {
+		flows, err := netlink.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+		if err != nil {
+			t.Fatalf("conntrack: %v", err)
+		}
+		if slices.ContainsFunc(flows, func(f *netlink.ConntrackFlow) bool {
+			return f.Forward.Protocol == unix.IPPROTO_UDP && uint32(f.Forward.DstPort) == p && f.Reverse.SrcIP.Equal(nodeAddr.AsSlice())
+		}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the node has no conntrack entry of the early UDP flow")
+		}
+		time.Sleep(10 * time.Millisecond) // polling the conntrack table
+	}
+	a := attach(t, m, e.task("a"), hostPort(api.ProtocolUDP, p, 9000))
+	serveUDP(t, a.NetNSPath, a.Address.Addr().String()+":9000", "a")
+	buf := make([]byte, 100)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		_, _ = c.Write([]byte("?")) // the same client port
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Read(buf)
+		if err == nil && strings.HasPrefix(string(buf[:n]), "a ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the early UDP client never reached the task (last: %q, %v)", buf[:n], err)
+		}
 	}
 }
 
