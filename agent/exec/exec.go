@@ -22,11 +22,11 @@
 //
 // Optional capabilities are separate interfaces a Controller may also
 // implement, found by type assertion, so a small executor stays small.
-// ContainerStatuser (container ID and PID in the reported status) and
-// ControllerLogs (the task's stdout and stderr, see logs.go) are there;
-// health checks (a Health(ctx) returning the latest api.HealthState) and
-// published ports (a PortStatus(ctx) returning *api.PortStatus) will follow
-// the same pattern when their features arrive.
+// ContainerStatuser (container ID and PID in the reported status),
+// ControllerLogs (the task's stdout and stderr, see logs.go) and
+// ContainerHealth (a health check the agent runs on its schedule while the
+// task runs, see health.go) are there; published ports (a PortStatus(ctx)
+// returning *api.PortStatus) will follow the same pattern.
 //
 // Implementations: agent/exec/sim (tasks run without containers, for
 // in-process tests and the scale simulator; never a silent default) and,
