@@ -186,6 +186,9 @@ func withNoSwap(limit int64) oci.SpecOpts {
 // task's container spec; img is what oci.WithImageConfig reads.
 func specOpts(in specInput, img oci.Image) ([]oci.SpecOpts, error) {
 	c := in.task.Spec.Container
+	if c.Init {
+		return nil, errors.New("init: an init process in the container is not supported by the containerd executor yet: update the service without --init (a shell or the program itself is PID 1)")
+	}
 	args, err := processArgs(c, in.image)
 	if err != nil {
 		return nil, err
