@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -194,6 +193,9 @@ func (n *nftTable) program() error {
 // elements lists the map.
 func (n *nftTable) elements() ([]portElement, error) {
 	ses, err := n.conn.GetSetElements(n.ports)
+	if err != nil && !n.exists() {
+		return nil, nil // no table (Teardown ran): nothing in it
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list nftables map %s of table ip %s: %w", portsMap, n.table.Name, err)
 	}
@@ -252,13 +254,17 @@ func (n *nftTable) sync(want []portElement, owned func(portElement) bool) error 
 	return nil
 }
 
+// exists reports whether the table is there (false only when the kernel
+// says it is not).
+func (n *nftTable) exists() bool {
+	_, err := n.conn.ListTableOfFamily(n.table.Name, n.table.Family)
+	return !errors.Is(err, unix.ENOENT)
+}
+
 // delete removes the table; a missing one is not an error.
 func (n *nftTable) delete() error {
-	if _, err := n.conn.ListTableOfFamily(n.table.Name, n.table.Family); err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("find nftables table ip %s: %w", n.table.Name, err)
+	if !n.exists() {
+		return nil
 	}
 	n.conn.DelTable(n.table)
 	if err := n.conn.Flush(); err != nil {

@@ -119,7 +119,11 @@ func (s stateStore) write(r *record) error {
 
 // remove deletes the task's record; a missing one is not an error.
 func (s stateStore) remove(taskID string) error {
-	if err := os.Remove(s.path(taskID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	err := os.Remove(s.path(taskID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("remove attachment record of task %s: %w", taskID, err)
 	}
 	return syncDir(s.dir)
