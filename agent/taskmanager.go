@@ -36,8 +36,9 @@ type taskManager struct {
 	removing bool
 
 	// Owned by run.
-	task *api.Task
-	ctlr exec.Controller
+	task   *api.Task
+	ctlr   exec.Controller
+	health *healthWatch // while the task runs with a health check (health.go)
 }
 
 func newTaskManager(w *worker, t *api.Task) *taskManager {
@@ -102,6 +103,7 @@ func (tm *taskManager) run(ctx context.Context) {
 			tm.log.Debug("close task controller", "error", err)
 		}
 	}()
+	defer tm.stopHealth() // before Close
 
 	var (
 		idle    bool // Do had nothing to do: wait for a change
@@ -182,14 +184,18 @@ func (tm *taskManager) step(ctx context.Context) (st *api.TaskStatus, desired ap
 	// copy per step was a tenth of the scale simulator's CPU.
 	task := new(api.Task)
 	*task = *tm.task
+	ctlr := tm.watchHealth(ctx, task)
 	go func() {
-		st, err := exec.Do(opCtx, task, tm.ctlr)
+		st, err := exec.Do(opCtx, task, ctlr)
 		res <- result{st, err}
 	}()
 	for {
 		select {
 		case r := <-res:
+			tm.withHealth(r.st)
 			return r.st, task.DesiredState, interrupted, r.err
+		case <-tm.healthChanged():
+			tm.recordHealth()
 		case <-tm.changed:
 			changed, removing := tm.takeChanges()
 			if (changed || removing) && !interrupted {

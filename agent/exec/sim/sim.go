@@ -15,7 +15,8 @@
 // exercise restart policies). An unparsable value rejects the task.
 //
 // Output can be simulated too (SIM_LOG and friends, see logs.go): the
-// controller implements exec.ControllerLogs over lines kept in memory.
+// controller implements exec.ControllerLogs over lines kept in memory. So
+// can health checks (SIM_UNHEALTHY_AFTER, see health.go).
 package sim
 
 import (
@@ -80,6 +81,9 @@ func (e *Executor) Controller(t *api.Task) (exec.Controller, error) {
 	if c.plan, err = planLogs(t); err != nil {
 		return nil, fmt.Errorf("task %s: %w", t.ID, err)
 	}
+	if c.health, err = planHealth(t.Spec.Container); err != nil {
+		return nil, fmt.Errorf("task %s: %w", t.ID, err)
+	}
 	c.log, c.forget = e.taskLog(t.ID)
 	return c, nil
 }
@@ -142,6 +146,7 @@ type Controller struct {
 	exit    *int // SIM_EXIT, if set
 	stopped chan struct{}
 	plan    logPlan
+	health  *healthPlan // see health.go
 	log     *taskLog
 	forget  func() // drops log from the executor
 
