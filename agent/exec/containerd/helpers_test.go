@@ -54,8 +54,39 @@ func newEnv(t testing.TB, d *containerdtest.Daemon, archive string) *env {
 	client := d.Client(t, ns)
 	containerdtest.Import(t, client, ns, archive, testImage)
 	en := &env{d: d, ns: ns, stateDir: t.TempDir()}
+	t.Cleanup(func() { en.clean(t) }) // after the executors are closed
 	en.e = en.newExecutor(t, Config{})
 	return en
+}
+
+// clean removes the tasks the test left in en's namespace, then the
+// namespace's parent cgroups (/swarmd/NS in every hierarchy), which runc
+// does not remove.
+func (en *env) clean(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	e, err := New(ctx, Config{Address: en.d.Address(), Namespace: en.ns, StateDir: en.stateDir, LogBinary: testBinary(t)})
+	if err != nil {
+		t.Logf("clean namespace %s: %v", en.ns, err)
+		return
+	}
+	defer e.Close()
+	ids, err := e.Tasks(ctx)
+	if err != nil {
+		t.Logf("clean namespace %s: %v", en.ns, err)
+	}
+	for _, id := range ids {
+		if err := e.RemoveTask(ctx, id); err != nil {
+			t.Logf("clean namespace %s: remove task %s: %v", en.ns, id, err)
+		}
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/swarmd/" + en.ns)
+	dirs = append(dirs, "/sys/fs/cgroup/swarmd/"+en.ns)
+	for _, dir := range dirs {
+		if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Logf("clean namespace %s: %v", en.ns, err)
+		}
+	}
 }
 
 // newExecutor makes another executor on en's containerd, namespace and
