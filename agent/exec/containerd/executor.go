@@ -107,6 +107,9 @@ const (
 const (
 	// connectTimeout bounds New's check that containerd answers.
 	connectTimeout = 10 * time.Second
+	// reconnectDelay bounds the client's wait between attempts to reach a
+	// containerd that went away (gRPC backoff), and each attempt.
+	reconnectDelay = 2 * time.Second
 	// pullTimeout bounds one image pull.
 	pullTimeout = 30 * time.Minute
 	// defaultStopGrace is the stop grace period of a spec without one.
@@ -223,7 +226,7 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 			return nil, fmt.Errorf("containerd at %s: %w; start it or run swarmd without --containerd-addr to let it run its own", cfg.Address, err)
 		}
 	}
-	c, err := client.New(cfg.Address, client.WithDefaultNamespace(cfg.Namespace), client.WithTimeout(connectTimeout))
+	c, err := client.New(cfg.Address, client.WithDefaultNamespace(cfg.Namespace), client.WithTimeout(reconnectDelay))
 	if err != nil {
 		return nil, fmt.Errorf("containerd at %s: %w", cfg.Address, err)
 	}
