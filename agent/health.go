@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -21,7 +20,7 @@ import (
 // manager keeps a healthWatch: a goroutine running the check on its
 // schedule (exec.HealthMonitor). Each change of health is recorded and
 // reported like any status (TaskStatus.Health, same state). When the task
-// turns unhealthy, exec.Do's Wait (through unhealthyWaiter) stops the
+// turns unhealthy, exec.Do's Wait (through exec.StopWhenUnhealthy) stops the
 // container gracefully and returns an exit whose cause is exec.ErrUnhealthy
 // with the check's output: the task is FAILED, and the manager's restart
 // supervisor replaces it per its restart policy.
@@ -131,75 +130,6 @@ func (w *healthWatch) unhealthyError() error {
 	return fmt.Errorf("%w: %s", exec.ErrUnhealthy, out)
 }
 
-// unhealthyWaiter is the controller exec.Do drives while a task's health is
-// watched: its Wait also returns when the task turns unhealthy, after
-// stopping it.
-type unhealthyWaiter struct {
-	exec.Controller
-	w *healthWatch
-}
-
-// ContainerStatus forwards the controller's capability (exec.Do reads it).
-func (c unhealthyWaiter) ContainerStatus(ctx context.Context) (*api.ContainerStatus, error) {
-	if cs, ok := c.Controller.(exec.ContainerStatuser); ok {
-		return cs.ContainerStatus(ctx)
-	}
-	return nil, nil
-}
-
-// Wait waits for the task to exit, or to turn unhealthy: then it shuts the
-// task down (Terminate if that fails) and returns an *exec.ExitError with
-// the exit code and the unhealthy cause. The controller's methods are still
-// called one at a time: its Wait is cancelled before Shutdown.
-func (c unhealthyWaiter) Wait(ctx context.Context) error {
-	select {
-	case <-c.w.unhealthy:
-		return c.stopUnhealthy(ctx)
-	default:
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	res := make(chan error, 1)
-	go func() { res <- c.Controller.Wait(wctx) }()
-	select {
-	case err := <-res:
-		return err
-	case <-c.w.unhealthy:
-		cancel()
-		if err := <-res; ctx.Err() != nil || !errors.Is(err, context.Canceled) {
-			return err // it exited meanwhile, or ctx ended
-		}
-		return c.stopUnhealthy(ctx)
-	}
-}
-
-func (c unhealthyWaiter) stopUnhealthy(ctx context.Context) error {
-	cause := c.w.unhealthyError()
-	if err := c.Controller.Shutdown(ctx); err != nil {
-		if ctx.Err() != nil || exec.IsTemporary(err) {
-			return err // Do retries: Wait comes back here
-		}
-		if kerr := c.Controller.Terminate(ctx); kerr != nil {
-			if ctx.Err() != nil {
-				return kerr
-			}
-			// Never report the task stopped while it may still run.
-			return exec.Temporary(fmt.Errorf("stop the unhealthy task: %v; kill: %w", err, kerr))
-		}
-	}
-	code := 0
-	err := c.Controller.Wait(ctx)
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.Code
-	default:
-		return err
-	}
-	return &exec.ExitError{Code: code, Cause: cause}
-}
-
 // watchHealth starts or stops the task's health watch for a step of task
 // (a copy of the task manager's), and returns the controller exec.Do is
 // to drive.
@@ -219,7 +149,7 @@ func (tm *taskManager) watchHealth(ctx context.Context, task *api.Task) exec.Con
 		}
 		tm.health = startHealthWatch(ctx, hc, clock.Real(), started, task.Status.Health, tm.log)
 	}
-	return unhealthyWaiter{Controller: tm.ctlr, w: tm.health}
+	return exec.StopWhenUnhealthy(tm.ctlr, tm.health.unhealthy, tm.health.unhealthyError)
 }
 
 // healthChanged signals a change of health; nil (never) without a watch.

@@ -413,3 +413,75 @@ func TailOutput(b []byte) string {
 	}
 	return string(b)
 }
+
+// StopWhenUnhealthy returns ctlr with a Wait that also returns when
+// unhealthy is closed (the task's health check made it unhealthy): it
+// shuts the task down (Terminate if that fails) and returns an *ExitError
+// with the task's exit code and cause() (an error wrapping ErrUnhealthy),
+// so Do fails the task. ctlr's methods are still called one at a time: its
+// Wait is cancelled before Shutdown. The result also has ctlr's
+// ContainerStatuser capability.
+func StopWhenUnhealthy(ctlr Controller, unhealthy <-chan struct{}, cause func() error) Controller {
+	return unhealthyWaiter{Controller: ctlr, unhealthy: unhealthy, cause: cause}
+}
+
+type unhealthyWaiter struct {
+	Controller
+	unhealthy <-chan struct{}
+	cause     func() error
+}
+
+func (c unhealthyWaiter) ContainerStatus(ctx context.Context) (*api.ContainerStatus, error) {
+	if cs, ok := c.Controller.(ContainerStatuser); ok {
+		return cs.ContainerStatus(ctx)
+	}
+	return nil, nil
+}
+
+func (c unhealthyWaiter) Wait(ctx context.Context) error {
+	select {
+	case <-c.unhealthy:
+		return c.stop(ctx)
+	default:
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := make(chan error, 1)
+	go func() { res <- c.Controller.Wait(wctx) }()
+	select {
+	case err := <-res:
+		return err
+	case <-c.unhealthy:
+		cancel()
+		if err := <-res; ctx.Err() != nil || !errors.Is(err, context.Canceled) {
+			return err // it exited meanwhile, or ctx ended
+		}
+		return c.stop(ctx)
+	}
+}
+
+func (c unhealthyWaiter) stop(ctx context.Context) error {
+	if err := c.Controller.Shutdown(ctx); err != nil {
+		if ctx.Err() != nil || IsTemporary(err) {
+			return err // Do retries: Wait comes back here
+		}
+		if kerr := c.Controller.Terminate(ctx); kerr != nil {
+			if ctx.Err() != nil {
+				return kerr
+			}
+			// Never report the task stopped while it may still run.
+			return Temporary(fmt.Errorf("stop the unhealthy task: %v; kill: %w", err, kerr))
+		}
+	}
+	code := 0
+	err := c.Controller.Wait(ctx)
+	var exit *ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit):
+		code = exit.Code
+	default:
+		return err
+	}
+	return &ExitError{Code: code, Cause: c.cause()}
+}

@@ -3,7 +3,9 @@ package exec
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -313,5 +315,63 @@ func TestTailOutputKeepsTheEnd(t *testing.T) {
 	got := TailOutput([]byte(long))
 	if len(got) != MaxHealthOutput || !strings.HasSuffix(got, "END") {
 		t.Fatalf("len %d, suffix %q", len(got), got[len(got)-3:])
+	}
+}
+
+// stoppableController is a running task: Wait blocks until Shutdown (then
+// it returns exit 143) or its ctx ends; the calls are recorded.
+type stoppableController struct {
+	fakeController
+	stopped chan struct{}
+	waiting chan struct{} // receives each call of Wait, if set
+}
+
+func (c *stoppableController) Wait(ctx context.Context) error {
+	c.call("wait")
+	if c.waiting != nil {
+		c.waiting <- struct{}{}
+	}
+	select {
+	case <-c.stopped:
+		return &ExitError{Code: 143}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *stoppableController) Shutdown(context.Context) error {
+	c.call("shutdown")
+	close(c.stopped)
+	return nil
+}
+
+func TestUnhealthyTaskIsStoppedAndFailed(t *testing.T) {
+	c := &stoppableController{stopped: make(chan struct{}), waiting: make(chan struct{}, 2)}
+	unhealthy := make(chan struct{})
+	ctlr := StopWhenUnhealthy(c, unhealthy, func() error { return fmt.Errorf("%w: boom", ErrUnhealthy) })
+	done := make(chan *api.TaskStatus, 1)
+	go func() {
+		st, err := Do(context.Background(), task(api.TaskStateRunning, api.TaskStateRunning), ctlr)
+		if err != nil {
+			t.Errorf("Do: %v", err)
+		}
+		done <- st
+	}()
+	<-c.waiting
+	close(unhealthy)
+	st := <-done
+	if st.State != api.TaskStateFailed || st.Err != "task exited with code 143: container is unhealthy: boom" ||
+		st.ContainerStatus.GetExitCode() != 143 {
+		t.Fatalf("status %v: want FAILED, exit 143, the unhealthy cause", st)
+	}
+	if want := []string{"wait", "shutdown", "wait"}; !slices.Equal(c.calls, want) {
+		t.Errorf("calls %v, want %v (one at a time)", c.calls, want)
+	}
+	// Already unhealthy when Wait is called: stopped at once.
+	c = &stoppableController{stopped: make(chan struct{})}
+	st, _ = Do(context.Background(), task(api.TaskStateRunning, api.TaskStateRunning),
+		StopWhenUnhealthy(c, unhealthy, func() error { return ErrUnhealthy }))
+	if st.State != api.TaskStateFailed || !strings.Contains(st.Err, "container is unhealthy") || !slices.Equal(c.calls, []string{"shutdown", "wait"}) {
+		t.Errorf("status %v, calls %v", st, c.calls)
 	}
 }
