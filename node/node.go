@@ -60,6 +60,23 @@ type Config struct {
 	JoinAddr, JoinToken string
 	// Executor runs tasks: "containerd" (default) or "sim".
 	Executor string
+	// ContainerdAddr is containerd's socket (default
+	// DefaultContainerdAddr). If nothing answers there and containerd is on
+	// PATH, the node runs its own, under <StateDir>/containerd.
+	ContainerdAddr string
+	// ContainerdNamespace holds this node's containers (default "swarmd";
+	// nodes sharing one containerd need one each).
+	ContainerdNamespace string
+	// InsecureRegistries (HOST:PORT) are pulled from over plain HTTP;
+	// loopback registries always are.
+	InsecureRegistries []string
+	// BridgeName and BridgeSubnet are the node-local task network (default
+	// flotilla0 and 10.213.0.0/16; nodes sharing one machine need their own).
+	BridgeName, BridgeSubnet string
+	// LogBinary is the executable containerd runs as each container's
+	// logger (default: this process's executable, which must call
+	// logging.Invoked first thing in main, as swarmd does).
+	LogBinary string
 	// Raft timing; zero values take the raft package defaults.
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int
@@ -80,6 +97,7 @@ type Node struct {
 	lock    *os.File
 	mgr     *manager.Manager
 	agent   *agent.Agent
+	runtime *containerRuntime // nil with the sim executor
 	ready   <-chan struct{}
 	done    chan struct{}
 	err     error
@@ -108,6 +126,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.Executor == "" {
 		cfg.Executor = "containerd"
+	}
+	if cfg.ContainerdAddr == "" {
+		cfg.ContainerdAddr = DefaultContainerdAddr
 	}
 	if cfg.Executor != "containerd" && cfg.Executor != "sim" {
 		return nil, fmt.Errorf("executor %q is unknown: use containerd or sim", cfg.Executor)
@@ -159,9 +180,19 @@ func (n *Node) Start(ctx context.Context) error {
 	n.log = n.log.With("node.id", me.NodeID)
 	logger := n.cfg.Logger.With("node.id", me.NodeID)
 
-	executor, err := n.executor()
-	if err != nil {
-		return err
+	var (
+		executor exec.Executor
+		runtime  *containerRuntime
+	)
+	switch n.cfg.Executor {
+	case sim.Name:
+		executor = sim.New(n.cfg.Hostname, nil)
+	default:
+		if runtime, err = n.openContainerRuntime(ctx); err != nil {
+			return err
+		}
+		cleanup = append(cleanup, func() { runtime.close(context.WithoutCancel(ctx)) })
+		executor = runtime.executor
 	}
 	managers := id.state.Managers
 	var mgr *manager.Manager
@@ -223,7 +254,7 @@ func (n *Node) Start(ctx context.Context) error {
 		Logger:   logger,
 	})
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	n.cancel, n.lock, n.mgr, n.agent, n.started = cancel, lock, mgr, ag, true
+	n.cancel, n.lock, n.mgr, n.agent, n.runtime, n.started = cancel, lock, mgr, ag, runtime, true
 	n.ready = ag.Ready()
 	if mgr != nil {
 		n.ready = mgr.Ready()
@@ -252,7 +283,13 @@ func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent, m
 		return ag.Run(gctx)
 	})
 	g.Go(func() error { return n.renewLoop(gctx, managers) })
+	if n.runtime != nil {
+		g.Go(func() error { return n.runtime.superviseDaemon(gctx) })
+	}
 	err := g.Wait()
+	if n.runtime != nil {
+		n.runtime.close(context.Background())
+	}
 	if errors.Is(err, agent.ErrNodeRemoved) {
 		n.log.Error("this node was removed from the cluster", "err", err)
 	}
@@ -261,28 +298,6 @@ func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent, m
 	n.lock.Close()
 	n.mu.Unlock()
 	close(n.done)
-}
-
-// executor is what runs (and for now, describes) this node's tasks.
-func (n *Node) executor() (exec.Executor, error) {
-	switch n.cfg.Executor {
-	case sim.Name:
-		return sim.New(n.cfg.Hostname, nil), nil
-	default:
-		return hostExecutor{hostname: n.cfg.Hostname, name: n.cfg.Executor}, nil
-	}
-}
-
-// hostExecutor stands for an executor this version does not have yet (the
-// containerd one): it describes the host and rejects every task, saying why.
-type hostExecutor struct{ hostname, name string }
-
-func (h hostExecutor) Describe(context.Context) (*api.NodeDescription, error) {
-	return exec.HostDescription(h.hostname, h.name)
-}
-
-func (h hostExecutor) Controller(*api.Task) (exec.Controller, error) {
-	return nil, fmt.Errorf("the %s executor cannot run tasks in this version: run swarmd with --executor sim", h.name)
 }
 
 // defaultAdvertiseAddr is the bound address, or when bound to all

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/flotilla/flotilla/agent/exec/containerd/logging"
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/node"
 )
@@ -24,6 +25,12 @@ import (
 var version = "dev"
 
 func main() {
+	// containerd's shim runs this binary as each container's logger (binary
+	// logging): that is not the daemon, and must be recognised before any
+	// flag parsing.
+	if logging.Invoked(os.Args[1:]) {
+		os.Exit(logging.Main(os.Args[1:]))
+	}
 	app := &cli.App{
 		Name:    "swarmd",
 		Usage:   "run a Flotilla node",
@@ -37,6 +44,11 @@ func main() {
 			&cli.StringFlag{Name: "join-addr", Usage: "join an existing cluster through this manager"},
 			&cli.StringFlag{Name: "join-token", Usage: "worker or manager join token"},
 			&cli.StringFlag{Name: "executor", Value: "containerd", Usage: "what runs tasks: containerd or sim (no containers)"},
+			&cli.StringFlag{Name: "containerd-addr", Value: node.DefaultContainerdAddr, Usage: "containerd's socket; if nothing answers and containerd is on PATH, swarmd runs its own under <state-dir>/containerd"},
+			&cli.StringFlag{Name: "containerd-namespace", Value: "swarmd", Usage: "containerd namespace of this node's containers"},
+			&cli.StringSliceFlag{Name: "insecure-registry", Usage: "registry `HOST:PORT` pulled from over plain HTTP (repeatable; loopback registries always are)"},
+			&cli.StringFlag{Name: "bridge-name", Value: "flotilla0", Usage: "node-local bridge of the tasks' network namespaces"},
+			&cli.StringFlag{Name: "bridge-subnet", Value: "10.213.0.0/16", Usage: "subnet of the tasks' addresses on the bridge"},
 			&cli.IntFlag{Name: "heartbeat-tick", Usage: "raft ticks between leader heartbeats (default 1)"},
 			&cli.IntFlag{Name: "election-tick", Usage: "raft ticks without a leader before an election (default 10)"},
 			&cli.DurationFlag{Name: "raft-tick", Usage: "duration of one raft tick (default 100ms)"},
@@ -110,18 +122,23 @@ func run(c *cli.Context) error {
 	slog.SetDefault(logger)
 
 	n, err := node.New(node.Config{
-		StateDir:           c.String("state-dir"),
-		Hostname:           c.String("hostname"),
-		ListenControlAPI:   c.String("listen-control-api"),
-		ListenRemoteAPI:    c.String("listen-remote-api"),
-		AdvertiseRemoteAPI: c.String("advertise-remote-api"),
-		JoinAddr:           c.String("join-addr"),
-		JoinToken:          c.String("join-token"),
-		Executor:           c.String("executor"),
-		TickInterval:       c.Duration("raft-tick"),
-		ElectionTick:       c.Int("election-tick"),
-		HeartbeatTick:      c.Int("heartbeat-tick"),
-		Logger:             logger,
+		StateDir:            c.String("state-dir"),
+		Hostname:            c.String("hostname"),
+		ListenControlAPI:    c.String("listen-control-api"),
+		ListenRemoteAPI:     c.String("listen-remote-api"),
+		AdvertiseRemoteAPI:  c.String("advertise-remote-api"),
+		JoinAddr:            c.String("join-addr"),
+		JoinToken:           c.String("join-token"),
+		Executor:            c.String("executor"),
+		ContainerdAddr:      c.String("containerd-addr"),
+		ContainerdNamespace: c.String("containerd-namespace"),
+		InsecureRegistries:  c.StringSlice("insecure-registry"),
+		BridgeName:          c.String("bridge-name"),
+		BridgeSubnet:        c.String("bridge-subnet"),
+		TickInterval:        c.Duration("raft-tick"),
+		ElectionTick:        c.Int("election-tick"),
+		HeartbeatTick:       c.Int("heartbeat-tick"),
+		Logger:              logger,
 	})
 	if err != nil {
 		return err

@@ -1,0 +1,298 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+
+	"github.com/flotilla/flotilla/agent/exec/containerd/containerdtest"
+	"github.com/flotilla/flotilla/agent/exec/containerd/daemon"
+)
+
+// bridgeSeq numbers the task networks of this test binary's nodes, so that
+// each has its own bridge, subnet and nftables table.
+var bridgeSeq atomic.Int32
+
+// containerdNode is a swarmd with the containerd executor, on the
+// harness's containerd, in a namespace and task network of its own.
+type containerdNode struct {
+	*swarmd
+	ns   string
+	args []string // swarmd's flags, for restarts
+	ctr  *containerd.Client
+}
+
+const webIndex = "<h1>Hello from Flotilla</h1>\n"
+
+// startContainerdNode starts swarmd on stateDir with the containerd executor
+// on d, namespace ns, a fresh bridge and subnet, and the busybox image
+// (with /www/index.html) imported as busybox:latest. The bridge and its
+// nftables table are removed when the test ends.
+func startContainerdNode(t *testing.T, d *containerdtest.Daemon, stateDir, ns string, extra ...string) *containerdNode {
+	t.Helper()
+	n := bridgeSeq.Add(1)
+	bridge := fmt.Sprintf("flit%d-%d", os.Getpid()%10000, n)
+	subnet := fmt.Sprintf("10.217.%d.0/24", (os.Getpid()+int(n))%250)
+	c := d.Client(t, ns)
+	if _, err := c.GetImage(context.Background(), "docker.io/library/busybox:latest"); err != nil {
+		archive := containerdtest.BusyboxImage(t, containerdtest.ImageOptions{Files: map[string]string{"/www/index.html": webIndex}})
+		containerdtest.Import(t, c, ns, archive, "docker.io/library/busybox:latest")
+	}
+	t.Cleanup(func() {
+		// A failed test may leave task network namespaces mounted (the
+		// node was killed before removing its tasks).
+		netns, _ := filepath.Glob(filepath.Join(stateDir, "network", "netns", "*"))
+		for _, p := range netns {
+			_ = syscall.Unmount(p, syscall.MNT_DETACH)
+		}
+		_ = exec.Command("ip", "link", "del", bridge).Run()
+		_ = exec.Command("nft", "delete", "table", "ip", bridge).Run()
+	})
+	args := append([]string{"--executor", "containerd", "--containerd-addr", d.Address(),
+		"--containerd-namespace", ns, "--bridge-name", bridge, "--bridge-subnet", subnet}, extra...)
+	return &containerdNode{swarmd: startSwarmd(t, stateDir, args...), ns: ns, args: args, ctr: c}
+}
+
+// taskInfo is what the tests read of a task.
+type taskInfo struct {
+	ID           string `json:"id"`
+	DesiredState string `json:"desiredState"`
+	Status       struct {
+		State           string `json:"state"`
+		Message         string `json:"message"`
+		Err             string `json:"err"`
+		ContainerStatus struct {
+			ContainerID string `json:"containerId"`
+			PID         int    `json:"pid"`
+			ExitCode    int    `json:"exitCode"`
+		} `json:"containerStatus"`
+	} `json:"status"`
+}
+
+func (n *containerdNode) taskInfos(service string) []taskInfo {
+	n.t.Helper()
+	var ts []taskInfo
+	if err := json.Unmarshal([]byte(n.mustCtl("task", "ls", "--service", service, "--format", "json")), &ts); err != nil {
+		n.t.Fatal(err)
+	}
+	return ts
+}
+
+// running returns the service's tasks once want of them are RUNNING with a
+// container PID.
+func (n *containerdNode) running(service string, want int) []taskInfo {
+	n.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	var last []taskInfo
+	for time.Now().Before(deadline) {
+		last = last[:0]
+		for _, ti := range n.taskInfos(service) {
+			if ti.DesiredState == "RUNNING" && ti.Status.State == "RUNNING" && ti.Status.ContainerStatus.PID > 0 {
+				last = append(last, ti)
+			}
+		}
+		if len(last) == want {
+			return last
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	n.t.Fatalf("service %s: %d tasks running, want %d: %+v", service, len(last), want, n.taskInfos(service))
+	return nil
+}
+
+// containers counts the containers in the node's namespace.
+func (n *containerdNode) containers() int {
+	n.t.Helper()
+	cs, err := n.ctr.Containers(context.Background())
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return len(cs)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	var lastErr error
+	for time.Now().Before(deadline) {
+		resp, err := (&http.Client{Timeout: 2 * time.Second}).Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return string(body)
+		}
+		lastErr = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("GET %s: %v", url, lastErr)
+	return ""
+}
+
+// Real containers through swarmd and swarmctl: a web service reached on its
+// host-mode published port, logs from its tasks, exit codes, adoption of
+// running containers by a restarted swarmd, and nothing left once services
+// are removed.
+func TestContainerdServicesEndToEnd(t *testing.T) {
+	d := containerdtest.StartDaemon(t)
+	node := startContainerdNode(t, d, t.TempDir(), "it-e2e")
+	node.waitReady()
+	imageSnaps := node.snapshots()
+
+	port := freePort(t)
+	node.mustCtl("service", "create", "--name", "web", "--replicas", "1",
+		"--publish", fmt.Sprintf("mode=host,published=%d,target=80", port),
+		"--image", "busybox", "--", "httpd", "-f", "-p", "80", "-h", "/www")
+	node.mustCtl("service", "create", "--name", "echo", "--replicas", "2", "--image", "busybox",
+		"--", "sh", "-c", "echo hello-from-$(hostname); exec sleep 1000")
+	node.mustCtl("service", "create", "--name", "fail", "--restart-condition", "none", "--image", "busybox",
+		"--", "sh", "-c", "exit 3")
+
+	web := node.running("web", 1)
+	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); body != webIndex {
+		t.Fatalf("GET /: %q, want %q", body, webIndex)
+	}
+	echo := node.running("echo", 2)
+
+	// The failed task reports its exit code.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts := node.taskInfos("fail")
+		if len(ts) == 1 && ts[0].Status.State == "FAILED" {
+			if ts[0].Status.ContainerStatus.ExitCode != 3 || !strings.Contains(ts[0].Status.Err, "3") {
+				t.Fatalf("failed task: %+v, want exit code 3", ts[0].Status)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task of fail did not fail: %+v", ts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	// Logs from both tasks of echo, with the task's name on each line.
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		out, _, _ := node.ctl("service", "logs", "echo")
+		if strings.Count(out, "hello-from-") == 2 && strings.Contains(out, "echo.1.") && strings.Contains(out, "echo.2.") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("service logs echo:\n%s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// swarmd stops; its containers do not. The next swarmd adopts them: same
+	// tasks, same processes, no new container.
+	before := node.containers()
+	node.stop()
+	for _, ti := range append(web, echo...) {
+		if err := syscall.Kill(ti.Status.ContainerStatus.PID, 0); err != nil {
+			t.Fatalf("container of task %s (pid %d) died with swarmd: %v", ti.ID, ti.Status.ContainerStatus.PID, err)
+		}
+	}
+	node.swarmd = startSwarmd(t, node.stateDir, node.args...)
+	node.waitReady()
+	pids := func(ts []taskInfo) map[string]int {
+		m := map[string]int{}
+		for _, ti := range ts {
+			m[ti.ID] = ti.Status.ContainerStatus.PID
+		}
+		return m
+	}
+	if got, want := pids(node.running("web", 1)), pids(web); !maps.Equal(got, want) {
+		t.Fatalf("after the restart web runs %v, want the adopted %v", got, want)
+	}
+	if got, want := pids(node.running("echo", 2)), pids(echo); !maps.Equal(got, want) {
+		t.Fatalf("after the restart echo runs %v, want the adopted %v", got, want)
+	}
+	if after := node.containers(); after != before {
+		t.Fatalf("%d containers after the restart, %d before", after, before)
+	}
+	if body := httpGet(t, fmt.Sprintf("http://127.0.0.1:%d/", port)); body != webIndex {
+		t.Fatalf("GET / after the restart: %q", body)
+	}
+
+	// Removing the services leaves no container, snapshot beyond the image's,
+	// or network namespace behind.
+	node.mustCtl("service", "rm", "web", "echo", "fail")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		netns, _ := filepath.Glob(filepath.Join(node.stateDir, "network", "netns", "*"))
+		left := node.containers()
+		if left == 0 && len(netns) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("60s after the services were removed: %d containers and network namespaces %v left", left, netns)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if snaps := node.snapshots(); snaps != imageSnaps {
+		t.Fatalf("%d snapshots left, want the image's %d", snaps, imageSnaps)
+	}
+}
+
+// snapshots counts the overlayfs snapshots of the node's namespace.
+func (n *containerdNode) snapshots() int {
+	n.t.Helper()
+	count := 0
+	if err := n.ctr.SnapshotService("overlayfs").Walk(context.Background(), func(context.Context, snapshots.Info) error {
+		count++
+		return nil
+	}); err != nil {
+		n.t.Fatal(err)
+	}
+	return count
+}
+
+// swarmd runs its own containerd when none answers at --containerd-addr,
+// under its state dir, and stops it when it stops.
+func TestSwarmdRunsItsOwnContainerd(t *testing.T) {
+	containerdtest.Require(t, "containerd", "runc")
+	state := t.TempDir()
+	n := bridgeSeq.Add(1)
+	bridge := fmt.Sprintf("flio%d-%d", os.Getpid()%10000, n)
+	t.Cleanup(func() {
+		_ = exec.Command("ip", "link", "del", bridge).Run()
+		_ = exec.Command("nft", "delete", "table", "ip", bridge).Run()
+	})
+	node := startSwarmd(t, state, "--executor", "containerd", "--containerd-addr", filepath.Join(state, "none.sock"),
+		"--bridge-name", bridge, "--bridge-subnet", fmt.Sprintf("10.218.%d.0/24", (os.Getpid()+int(n))%250))
+	node.waitReady()
+	sock := filepath.Join(state, "containerd", "containerd.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := daemon.Probe(ctx, sock); err != nil {
+		t.Fatalf("swarmd's own containerd does not answer at %s: %v", sock, err)
+	}
+	node.stop()
+	if err := daemon.Probe(ctx, sock); err == nil {
+		t.Fatalf("swarmd's own containerd still answers at %s after swarmd stopped", sock)
+	}
+}
