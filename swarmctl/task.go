@@ -201,6 +201,9 @@ func taskTable(rows []taskRow, nodeNames map[string]string, now time.Time) [][]s
 		if since := ago(t.Status.Timestamp, now); since != "" {
 			current += " " + since
 		}
+		if h := healthLabel(t.Status.Health); h != "" && t.Status.State == api.TaskStateRunning {
+			current += " " + h
+		}
 		// The error, or for a task that cannot be placed the reason why, as
 		// Docker shows it.
 		why := t.Status.Err
@@ -214,6 +217,20 @@ func taskTable(rows []taskRow, nodeNames map[string]string, now time.Time) [][]s
 		out[i] = []string{t.ID, r.name, imageColumn(t.Spec.Container), node, pretty(t.DesiredState.String()), current, errCol}
 	}
 	return out
+}
+
+// healthLabel shows a running task's health as `docker ps` shows a
+// container's; empty without a health check.
+func healthLabel(h api.HealthState) string {
+	switch h {
+	case api.HealthStarting:
+		return "(health: starting)"
+	case api.HealthHealthy:
+		return "(healthy)"
+	case api.HealthUnhealthy:
+		return "(unhealthy)"
+	}
+	return ""
 }
 
 func taskInspect(c *cli.Context) error {

@@ -107,6 +107,25 @@ func TestParseTaskState(t *testing.T) {
 	}
 }
 
+func TestServicePsShowsHealthOfRunningTasks(t *testing.T) {
+	healthy := task("t1", "web", 1, "n1", 10*time.Second, api.TaskStateRunning, api.TaskStateRunning)
+	healthy.Status.Health = api.HealthHealthy
+	starting := task("t2", "web", 2, "n1", 10*time.Second, api.TaskStateRunning, api.TaskStateRunning)
+	starting.Status.Health = api.HealthStarting
+	failed := task("t3", "web", 3, "n1", 10*time.Second, api.TaskStateFailed, api.TaskStateShutdown)
+	failed.Status.Health = api.HealthUnhealthy
+	failed.Status.Err = "task exited with code 143: container is unhealthy: no /tmp/ok"
+	rows := taskTable(taskRows([]*api.Task{healthy, starting, failed}), nil, now)
+	for i, want := range []string{"Running 5 seconds ago (healthy)", "Running 5 seconds ago (health: starting)", "Failed 5 seconds ago"} {
+		if rows[i][5] != want {
+			t.Errorf("row %d CURRENT STATE %q, want %q", i, rows[i][5], want)
+		}
+	}
+	if got := rows[2][6]; !strings.Contains(got, "container is unhealthy: no /tmp/ok") {
+		t.Errorf("ERROR column %q: want the unhealthy cause", got)
+	}
+}
+
 // A task that cannot be placed shows why in the ERROR column, as Docker does.
 func TestPendingTaskShowsWhy(t *testing.T) {
 	p := task("t2", "web", 2, "", 10*time.Second, api.TaskStatePending, api.TaskStateRunning)
