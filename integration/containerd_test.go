@@ -43,7 +43,7 @@ const webIndex = "<h1>Hello from Flotilla</h1>\n"
 // on d, namespace ns, a fresh bridge and subnet, and the busybox image
 // (with /www/index.html) imported as busybox:latest. The bridge and its
 // nftables table are removed when the test ends.
-func startContainerdNode(t *testing.T, d *containerdtest.Daemon, stateDir, ns string, extra ...string) *containerdNode {
+func startContainerdNode(t testing.TB, d *containerdtest.Daemon, stateDir, ns string, extra ...string) *containerdNode {
 	t.Helper()
 	n := bridgeSeq.Add(1)
 	bridge := fmt.Sprintf("flit%d-%d", os.Getpid()%10000, n)

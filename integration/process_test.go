@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 // swarmd is one swarmd process started by a test. The test stops it by PID,
 // also on failure.
 type swarmd struct {
-	t        *testing.T
+	t        testing.TB
 	stateDir string
 	cmd      *exec.Cmd
 	out      *syncBuffer
@@ -74,7 +74,7 @@ func (s *syncBuffer) String() string {
 func (d *swarmd) socket() string { return filepath.Join(d.stateDir, "swarmd.sock") }
 
 // startSwarmd starts swarmd on stateDir; it does not wait for it to be ready.
-func startSwarmd(t *testing.T, stateDir string, extra ...string) *swarmd {
+func startSwarmd(t testing.TB, stateDir string, extra ...string) *swarmd {
 	t.Helper()
 	args := append([]string{"--state-dir", stateDir, "--listen-remote-api", "127.0.0.1:0",
 		"--executor", "sim", "--hostname", "node-a"}, extra...)
