@@ -73,6 +73,7 @@ func serviceSharedFlags() []cli.Flag {
 		str("endpoint-mode", "`MODE`: vip or dnsrr"),
 		list("secret", "give the container a secret: `REF` is NAME[,target=PATH][,uid=N][,gid=N][,mode=0444]"),
 		list("config", "give the container a config: `REF` is NAME[,target=PATH][,uid=N][,gid=N][,mode=0444]"),
+		&cli.BoolFlag{Name: "with-registry-auth", Usage: "send the Docker client's credentials for the image's registry (~/.docker/config.json) to the nodes, to pull a private image"},
 	}
 }
 
@@ -134,6 +135,7 @@ var serviceSteps = []serviceStep{
 	applyEndpoint,
 	applyNetworks,
 	applyReferences,
+	applyRegistryAuth,
 	applyForce,
 }
 
