@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -294,5 +295,47 @@ func TestSwarmdRunsItsOwnContainerd(t *testing.T) {
 	node.stop()
 	if err := daemon.Probe(ctx, sock); err == nil {
 		t.Fatalf("swarmd's own containerd still answers at %s after swarmd stopped", sock)
+	}
+}
+
+// A private image on a registry with basic auth: pulled with the credentials
+// `--with-registry-auth` sends from the Docker client's config; without them
+// the task is rejected with the registry's own words.
+func TestContainerdPullsWithRegistryAuth(t *testing.T) {
+	d := containerdtest.StartDaemon(t)
+	registry := containerdtest.StartRegistry(t, containerdtest.RegistryOptions{Username: "alice", Password: "s3cret"})
+	archive := containerdtest.BusyboxImage(t, containerdtest.ImageOptions{Cmd: []string{"sleep", "1000"}})
+	containerdtest.Push(t, archive, registry, "team/app:1", "alice:s3cret")
+	dockerConfig := t.TempDir()
+	auth := base64.StdEncoding.EncodeToString([]byte("alice:s3cret"))
+	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), []byte(`{"auths":{"`+registry+`":{"auth":"`+auth+`"}}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dockerConfig) // swarmctl reads it
+	node := startContainerdNode(t, d, t.TempDir(), "it-pull")
+	node.waitReady()
+
+	image := registry + "/team/app:1"
+	node.mustCtl("service", "create", "--name", "denied", "--restart-condition", "none", "--image", image)
+	node.mustCtl("service", "create", "--name", "private", "--with-registry-auth", "--image", image)
+	node.running("private", 1)
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ts := node.taskInfos("denied")
+		if len(ts) > 0 && ts[0].Status.State == "REJECTED" {
+			if err := ts[0].Status.Err; !strings.Contains(err, "pull access denied") && !strings.Contains(err, "unauthorized") {
+				t.Fatalf("rejected without credentials, but the error does not say so: %q", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task pulled without credentials was not rejected: %+v", ts)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// The credentials never leave the managers.
+	if out := node.mustCtl("service", "inspect", "private"); strings.Contains(out, "registryAuth") || strings.Contains(out, auth) {
+		t.Fatalf("service inspect shows the registry credentials:\n%s", out)
 	}
 }
