@@ -46,6 +46,13 @@ type Controller interface {
 	Close() error
 }
 
+// PortStatuser is an optional Controller capability: the ports the task
+// publishes on its node (host-mode ports with the number chosen for those
+// the spec left 0), reported in TaskStatus.PortStatus from STARTING on.
+type PortStatuser interface {
+	PortStatus(ctx context.Context) (*api.PortStatus, error)
+}
+
 // ContainerStatuser is an optional Controller capability: the task's
 // container ID and PID, reported in TaskStatus.ContainerStatus from STARTING
 // on. Do fills in the exit code itself.
@@ -282,6 +289,11 @@ func (s *step) finish() {
 	s.status.Timestamp = types.TimestampNow()
 	if s.status.State < api.TaskStateStarting {
 		return
+	}
+	if p, ok := s.ctlr.(PortStatuser); ok && s.status.PortStatus == nil {
+		if ps, err := p.PortStatus(s.ctx); err == nil && ps != nil {
+			s.status.PortStatus = ps.Copy()
+		}
 	}
 	cs := s.status.ContainerStatus
 	if c, ok := s.ctlr.(ContainerStatuser); ok {

@@ -23,10 +23,10 @@
 // Optional capabilities are separate interfaces a Controller may also
 // implement, found by type assertion, so a small executor stays small.
 // ContainerStatuser (container ID and PID in the reported status),
+// PortStatuser (the host ports the task publishes, in the reported status),
 // ControllerLogs (the task's stdout and stderr, see logs.go) and
 // ContainerHealth (a health check the agent runs on its schedule while the
-// task runs, see health.go) are there; published ports (a PortStatus(ctx)
-// returning *api.PortStatus) will follow the same pattern.
+// task runs, see health.go).
 //
 // Implementations: agent/exec/sim (tasks run without containers, for
 // in-process tests and the scale simulator; never a silent default) and,

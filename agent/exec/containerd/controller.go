@@ -51,7 +51,7 @@ type Controller struct {
 var (
 	_ exec.Controller        = (*Controller)(nil)
 	_ exec.ContainerStatuser = (*Controller)(nil)
-	_ PortStatuser           = (*Controller)(nil)
+	_ exec.PortStatuser      = (*Controller)(nil)
 	_ Progresser             = (*Controller)(nil)
 )
 
