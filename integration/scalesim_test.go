@@ -126,10 +126,11 @@ func runScale(b *testing.B, agents, replicas int) {
 	// The service's status (computed on read) counts its tasks by state: far
 	// cheaper to poll than listing R tasks, and it gives the timeline of the
 	// pipeline's stages.
-	// Counting R tasks costs the manager about R×0.4µs (100k: 40 ms), so the
-	// poll interval grows with R to keep the measuring out of the measured:
-	// 20 ms up to 20k tasks, 100 ms at 100k.
-	poll := max(20*time.Millisecond, time.Duration(replicas/1000)*time.Millisecond)
+	// Counting R tasks costs the manager about R×0.27µs (100k: 27 ms), so
+	// the poll interval grows with R to keep the measuring (at most about a
+	// seventh of a core) out of the measured: 20 ms up to 10k tasks, 200 ms
+	// at 100k.
+	poll := max(20*time.Millisecond, time.Duration(replicas/500)*time.Millisecond)
 	var timeline []string
 	lastStates := ""
 	for {

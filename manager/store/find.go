@@ -50,10 +50,6 @@ func BySlot(serviceID string, slot uint64) By {
 	return by{index: indexSlot, args: []interface{}{serviceID, slot}}
 }
 
-// ByDesiredState selects tasks by desired state.
-func ByDesiredState(s api.TaskState) By {
-	return by{index: indexDesiredState, args: []interface{}{"", uint64(s)}}
-}
 
 // ByRole selects nodes by role.
 func ByRole(r api.NodeRole) By { return by{index: indexRole, args: []interface{}{"", uint64(r)}} }

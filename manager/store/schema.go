@@ -17,7 +17,6 @@ const (
 	indexServiceID    = "service_id"
 	indexNodeID       = "node_id"
 	indexSlot         = "slot"
-	indexDesiredState = "desired_state"
 	indexRole         = "role"
 )
 
@@ -147,10 +146,6 @@ func schema() *memdb.DBSchema {
 		Indexer: uintIndex{fn: func(o api.StoreObject) (string, uint64, bool) {
 			t := o.(*api.Task)
 			return t.ServiceID, t.Slot, t.Slot != 0
-		}}}
-	task[indexDesiredState] = &memdb.IndexSchema{Name: indexDesiredState,
-		Indexer: uintIndex{fn: func(o api.StoreObject) (string, uint64, bool) {
-			return "", uint64(o.(*api.Task).DesiredState), true
 		}}}
 	tables[api.KindNode].Indexes[indexRole] = &memdb.IndexSchema{Name: indexRole,
 		Indexer: uintIndex{fn: func(o api.StoreObject) (string, uint64, bool) {

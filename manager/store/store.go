@@ -90,7 +90,7 @@ type MemoryStore struct {
 
 // New makes an empty store that proposes its writes through p.
 func New(p Proposer) *MemoryStore {
-	s := &MemoryStore{proposer: p, now: time.Now, queue: newWatchQueue(defaultHistory)}
+	s := &MemoryStore{proposer: p, now: time.Now, queue: newWatchQueue(defaultHistory, defaultHistoryEvents)}
 	s.db.Store(newDB())
 	return s
 }

@@ -191,7 +191,7 @@ func TestTaskIndexes(t *testing.T) {
 			want int
 		}{
 			{ByServiceID("svc"), 3}, {ByNodeID("n1"), 2}, {BySlot("svc", 2), 1},
-			{ByDesiredState(api.TaskStateRunning), 2}, {ByServiceID("other"), 0},
+			{ByServiceID("other"), 0},
 		} {
 			got, err := Find[*api.Task](tx, c.by)
 			if err != nil || len(got) != c.want {
@@ -284,7 +284,7 @@ func TestWatchDeliversAndResumes(t *testing.T) {
 
 func TestWatchHistoryGoneAndOverflow(t *testing.T) {
 	s, _ := newTestStore(t)
-	s.queue = newWatchQueue(2)
+	s.queue = newWatchQueue(2, defaultHistoryEvents)
 	ctx := context.Background()
 	_, slow, _, _ := s.Watch(0)
 	for i := 0; i < subscriberBuffer+5; i++ {
@@ -301,6 +301,47 @@ func TestWatchHistoryGoneAndOverflow(t *testing.T) {
 	}
 	if n != subscriberBuffer || !errors.Is(slow.Err(), ErrWatchOverflow) {
 		t.Errorf("slow watcher got %d changes, err %v; want %d and ErrWatchOverflow", n, slow.Err(), subscriberBuffer)
+	}
+}
+
+// The history keeps at most its event budget (the newest change always),
+// and resumes from within it still work.
+func TestWatchHistoryEventBudget(t *testing.T) {
+	s, _ := newTestStore(t)
+	s.queue = newWatchQueue(100, 5)
+	ctx := context.Background()
+	create := func(n int, prefix string) uint64 {
+		if err := s.Update(ctx, func(tx Tx) error {
+			for i := range n {
+				if err := tx.Create(service(fmt.Sprint(prefix, i), fmt.Sprint(prefix, "s", i))); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return s.Version()
+	}
+	v0 := create(1, "z") // 1 event
+	v1 := create(2, "a") // 3 events
+	v2 := create(2, "b") // 5
+	create(2, "c")       // 7 > 5: the first two changes go
+	if _, _, _, err := s.Watch(v0); !errors.Is(err, ErrHistoryGone) {
+		t.Errorf("resume before the dropped change: %v, want ErrHistoryGone", err)
+	}
+	replay, w, _, err := s.Watch(v1)
+	if err != nil || len(replay) != 2 || replay[0].Version != v2 {
+		t.Fatalf("resume after the dropped change: %d changes, %v", len(replay), err)
+	}
+	w.Close()
+	last := create(9, "d") // alone over the budget: kept, the rest dropped
+	if replay, w, _, err = s.Watch(last - 1); err != nil || len(replay) != 1 || len(replay[0].Events) != 9 {
+		t.Fatalf("resume before an oversized change: %+v, %v", replay, err)
+	}
+	w.Close()
+	if s.queue.events != 9 || len(s.queue.history)-s.queue.start != 1 {
+		t.Fatalf("history holds %d changes, %d events; want 1 and 9", len(s.queue.history)-s.queue.start, s.queue.events)
 	}
 }
 

@@ -33,8 +33,13 @@ type Change struct {
 }
 
 const (
-	// defaultHistory is how many changes are kept for resuming watches.
-	defaultHistory = 4096
+	// defaultHistory is how many changes are kept for resuming watches, and
+	// defaultHistoryEvents how many events they may hold together: a change
+	// of a 10,000-task batch holds 10,000 events (each with the old and new
+	// object), and 4,096 of those would keep every version of every task.
+	// The newest change is always kept.
+	defaultHistory       = 4096
+	defaultHistoryEvents = 1 << 15
 	// subscriberBuffer is how many changes a watcher may lag before it is dropped.
 	subscriberBuffer = 1024
 )
@@ -66,28 +71,37 @@ func (w *Watch) Close() {
 type watchQueue struct {
 	mu      sync.Mutex
 	subs    map[*Watch]struct{}
-	history []Change // ring, oldest first once full
+	history []Change // history[start:] are retained, oldest first
 	start   int
 	limit   int
+	// events counts the events of the retained changes, at most eventLimit
+	// (unless the newest change alone has more).
+	events, eventLimit int
 	// floor is the version before the oldest change in history: a resume from
 	// any version >= floor can be served.
 	floor uint64
 	last  uint64
 }
 
-func newWatchQueue(limit int) *watchQueue {
-	return &watchQueue{subs: map[*Watch]struct{}{}, limit: limit}
+func newWatchQueue(limit, eventLimit int) *watchQueue {
+	return &watchQueue{subs: map[*Watch]struct{}{}, limit: limit, eventLimit: eventLimit}
 }
 
 func (q *watchQueue) publish(c Change) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if len(q.history) < q.limit {
-		q.history = append(q.history, c)
-	} else {
-		q.floor = q.history[q.start].Version
-		q.history[q.start] = c
-		q.start = (q.start + 1) % q.limit
+	q.history = append(q.history, c)
+	q.events += len(c.Events)
+	for n := len(q.history) - q.start; n > q.limit || (q.events > q.eventLimit && n > 1); n-- {
+		old := q.history[q.start]
+		q.history[q.start] = Change{} // let its objects go
+		q.start++
+		q.floor = old.Version
+		q.events -= len(old.Events)
+	}
+	if q.start > 64 && q.start > len(q.history)/2 {
+		q.history = append(make([]Change, 0, 2*(len(q.history)-q.start)), q.history[q.start:]...)
+		q.start = 0
 	}
 	q.last = c.Version
 	for w := range q.subs {
@@ -103,7 +117,7 @@ func (q *watchQueue) publish(c Change) {
 func (q *watchQueue) reset(version uint64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.history, q.start, q.floor, q.last = nil, 0, version, version
+	q.history, q.start, q.events, q.floor, q.last = nil, 0, 0, version, version
 	for w := range q.subs {
 		q.removeLocked(w, ErrWatchReset)
 	}
@@ -138,8 +152,7 @@ func (q *watchQueue) subscribe(from uint64) ([]Change, *Watch, error) {
 			return nil, nil, fmt.Errorf("%w: asked for changes after %d, history starts after %d",
 				ErrHistoryGone, from, q.floor)
 		}
-		for i := range q.history {
-			c := q.history[(q.start+i)%len(q.history)]
+		for _, c := range q.history[q.start:] {
 			if c.Version > from {
 				replay = append(replay, c)
 			}

@@ -120,8 +120,6 @@ func TestTxReadsOwnWritesThroughEveryIndex(t *testing.T) {
 		check(tx, "slot A.7", BySlot("A", 7), "t1")
 		check(tx, "slot A.4", BySlot("A", 4), "t4")
 		check(tx, "slot B.1", BySlot("B", 1), "t5", "t6")
-		check(tx, "running", ByDesiredState(run), "t3", "t4", "t5", "t6")
-		check(tx, "shutdown", ByDesiredState(shut), "t1")
 
 		// Nodes by role, services by name.
 		n1 := Get[*api.Node](tx, "n1")
@@ -525,12 +523,6 @@ func TestTxOverlayMatchesMemdb(t *testing.T) {
 			kind string
 			b    By
 		}{api.KindTask, ByNodeID(n)})
-	}
-	for _, d := range []api.TaskState{api.TaskStateRunning, api.TaskStateShutdown} {
-		queries = append(queries, struct {
-			kind string
-			b    By
-		}{api.KindTask, ByDesiredState(d)})
 	}
 
 	for round := 0; round < 30; round++ {

@@ -88,12 +88,21 @@ func (r *Supervisor) Reconcile(context.Context) error {
 	now := r.clock.Now()
 	var err error
 	r.store.View(func(tx store.ReadTx) {
+		// A scan of every task: an index by desired state cost a fifth of
+		// every task write (it holds all tasks under a few keys) for this
+		// one read at leadership start.
 		var tasks []*api.Task
-		if tasks, err = store.Find[*api.Task](tx, store.ByDesiredState(api.TaskStateRunning)); err != nil {
+		err = store.Each(tx, store.All(), func(t *api.Task) bool {
+			if t.DesiredState == api.TaskStateRunning && orchestrator.Ended(t) {
+				tasks = append(tasks, t.Copy())
+			}
+			return true
+		})
+		if err != nil {
 			return
 		}
 		for _, t := range tasks {
-			if _, ok := r.pending[t.ID]; ok || !orchestrator.Ended(t) {
+			if _, ok := r.pending[t.ID]; ok {
 				continue
 			}
 			ended := orchestrator.StatusTime(t)
