@@ -100,7 +100,7 @@ func (h fakeHealth) HealthCheck(context.Context) (*exec.HealthCheck, error) {
 func TestHealthWatchResumesFromTheReportedHealth(t *testing.T) {
 	for _, initial := range []api.HealthState{api.HealthNone, api.HealthHealthy} {
 		clk := clock.NewFake(time.Now())
-		w := startHealthWatch(context.Background(), fakeHealth{time.Hour}, clk, clk.Now(), initial, slog.Default())
+		w := startHealthWatch(context.Background(), fakeHealth{time.Hour}, nil, clk, clk.Now(), initial, slog.Default())
 		select {
 		case <-w.changed:
 		case <-time.After(5 * time.Second):

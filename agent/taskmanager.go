@@ -39,6 +39,8 @@ type taskManager struct {
 	task   *api.Task
 	ctlr   exec.Controller
 	health *healthWatch // while the task runs with a health check (health.go)
+	// healthNone: the running task has no health check (asked once).
+	healthNone bool
 }
 
 func newTaskManager(w *worker, t *api.Task) *taskManager {

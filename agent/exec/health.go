@@ -438,6 +438,13 @@ func (c unhealthyWaiter) ContainerStatus(ctx context.Context) (*api.ContainerSta
 	return nil, nil
 }
 
+func (c unhealthyWaiter) PortStatus(ctx context.Context) (*api.PortStatus, error) {
+	if ps, ok := c.Controller.(PortStatuser); ok {
+		return ps.PortStatus(ctx)
+	}
+	return nil, nil
+}
+
 func (c unhealthyWaiter) Wait(ctx context.Context) error {
 	select {
 	case <-c.unhealthy:
