@@ -371,9 +371,9 @@ func TestServiceLsAndPsTables(t *testing.T) {
 	}
 
 	_, out, _ = swarmctl(t, sock, "service", "ps", "web")
-	wantPs := "ID   NAME    IMAGE     NODE     DESIRED STATE   CURRENT STATE   ERROR\n" +
-		"t1   web.1   nginx:1   host-1   Running         Running         \n" +
-		"t2   web.2   nginx:1   host-2   Running         Pending         \n"
+	wantPs := "ID   NAME    IMAGE     NODE     DESIRED STATE   CURRENT STATE   ERROR   PORTS\n" +
+		"t1   web.1   nginx:1   host-1   Running         Running                 \n" +
+		"t2   web.2   nginx:1   host-2   Running         Pending                 \n"
 	if out != wantPs {
 		t.Errorf("service ps:\n%s\nwant:\n%s", out, wantPs)
 	}

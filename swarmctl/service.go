@@ -290,6 +290,12 @@ func portsColumn(s *api.Service) string {
 	} else if s.Spec.Endpoint != nil {
 		ports = s.Spec.Endpoint.Ports
 	}
+	return formatPorts(ports, true)
+}
+
+// formatPorts shows ports as Docker does, *:P->T/proto ("*" for a port not
+// chosen yet), marking host-mode ones when markHost is set.
+func formatPorts(ports []*api.PortConfig, markHost bool) string {
 	var out []string
 	for _, p := range ports {
 		published := "*"
@@ -297,7 +303,7 @@ func portsColumn(s *api.Service) string {
 			published = strconv.FormatUint(uint64(p.PublishedPort), 10)
 		}
 		col := fmt.Sprintf("*:%s->%d/%s", published, p.TargetPort, strings.ToLower(p.Protocol.String()))
-		if p.PublishMode == api.PublishModeHost {
+		if markHost && p.PublishMode == api.PublishModeHost {
 			col += " (host)"
 		}
 		out = append(out, col)

@@ -120,7 +120,7 @@ func listTasks(c *cli.Context, cl *client, l lister, filters *api.ListTasksReque
 		objs[i], ids[i] = redacted(r.task), r.task.ID
 	}
 	return l.print(c.App.Writer, objs, ids,
-		[]string{"ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"},
+		[]string{"ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"},
 		taskTable(rows, nodeNames, time.Now()))
 }
 
@@ -214,7 +214,12 @@ func taskTable(rows []taskRow, nodeNames map[string]string, now time.Time) [][]s
 		if why != "" {
 			errCol = `"` + strings.Join(strings.Fields(why), " ") + `"`
 		}
-		out[i] = []string{t.ID, r.name, imageColumn(t.Spec.Container), node, pretty(t.DesiredState.String()), current, errCol}
+		// The ports the task publishes on its node, as its agent reported them.
+		ports := ""
+		if ps := t.Status.PortStatus; ps != nil {
+			ports = formatPorts(ps.Ports, false)
+		}
+		out[i] = []string{t.ID, r.name, imageColumn(t.Spec.Container), node, pretty(t.DesiredState.String()), current, errCol, ports}
 	}
 	return out
 }

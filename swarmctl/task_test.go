@@ -84,10 +84,11 @@ func TestTaskTableColumns(t *testing.T) {
 	tk := task("t1", "web", 1, "n1", 10*time.Second, api.TaskStateRunning, api.TaskStateRunning)
 	failed := task("t0", "web", 1, "n9", 3*time.Hour, api.TaskStateFailed, api.TaskStateShutdown)
 	failed.Status.Err = "task: non-zero exit (1)"
+	tk.Status.PortStatus = &api.PortStatus{Ports: []*api.PortConfig{{PublishMode: api.PublishModeHost, PublishedPort: 32768, TargetPort: 80}}}
 	rows := taskTable(taskRows([]*api.Task{tk, failed}), map[string]string{"n1": "host-1"}, now)
 	want := [][]string{
-		{"t1", "web.1", "nginx:1", "host-1", "Running", "Running 5 seconds ago", ""},
-		{"t0", ` \_ web.1`, "nginx:1", "n9", "Shutdown", "Failed 2 hours ago", `"task: non-zero exit (1)"`},
+		{"t1", "web.1", "nginx:1", "host-1", "Running", "Running 5 seconds ago", "", "*:32768->80/tcp"},
+		{"t0", ` \_ web.1`, "nginx:1", "n9", "Shutdown", "Failed 2 hours ago", `"task: non-zero exit (1)"`, ""},
 	}
 	for i := range want {
 		if strings.Join(rows[i], "|") != strings.Join(want[i], "|") {
