@@ -328,6 +328,15 @@ type gatedController struct {
 	*sim.Controller
 	gates map[string]chan struct{} // read-only once the agent runs
 	flaky map[string]*atomic.Int32 // read-only once the agent runs
+
+	mu       sync.Mutex
+	progress func(string) // exec.Progresser
+}
+
+func (c *gatedController) Progress(fn func(string)) {
+	c.mu.Lock()
+	c.progress = fn
+	c.mu.Unlock()
 }
 
 // errRegistry is the temporary failure of flaky steps.
@@ -348,6 +357,12 @@ func (c *gatedController) wait(ctx context.Context, step string) error {
 }
 
 func (c *gatedController) Prepare(ctx context.Context) error {
+	c.mu.Lock()
+	progress := c.progress
+	c.mu.Unlock()
+	if progress != nil {
+		progress("pulling image busybox: 1 of 2 layers")
+	}
 	if err := c.wait(ctx, "prepare"); err != nil {
 		return err
 	}

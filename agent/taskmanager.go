@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"sync"
 
+	"github.com/gogo/protobuf/types"
+
 	"github.com/flotilla/flotilla/agent/exec"
 	"github.com/flotilla/flotilla/api"
 )
@@ -187,6 +189,7 @@ func (tm *taskManager) step(ctx context.Context) (st *api.TaskStatus, desired ap
 	task := new(api.Task)
 	*task = *tm.task
 	ctlr := tm.watchHealth(ctx, task)
+	defer tm.reportProgress(task.Status)()
 	go func() {
 		st, err := exec.Do(opCtx, task, ctlr)
 		res <- result{st, err}
@@ -205,6 +208,38 @@ func (tm *taskManager) step(ctx context.Context) (st *api.TaskStatus, desired ap
 				cancel()
 			}
 		}
+	}
+}
+
+// reportProgress has the controller's progress messages (a pull under way)
+// reported as the status message of a PREPARING step, and returns the
+// function that ends that when the step returns. The reports go to the
+// reporter only (not the task DB); none comes after the step's own result.
+func (tm *taskManager) reportProgress(base api.TaskStatus) (end func()) {
+	p, ok := tm.ctlr.(exec.Progresser)
+	if !ok || base.State != api.TaskStatePreparing {
+		return func() {}
+	}
+	var (
+		mu   sync.Mutex
+		done bool
+	)
+	p.Progress(func(msg string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if done || msg == "" {
+			return
+		}
+		st := base.Copy()
+		st.Message = msg
+		st.Timestamp = types.TimestampNow()
+		tm.w.rep.update(tm.id, st)
+	})
+	return func() {
+		p.Progress(nil)
+		mu.Lock()
+		done = true
+		mu.Unlock()
 	}
 }
 

@@ -103,6 +103,33 @@ func TestTransitionsAreReportedWhileTheTaskWaits(t *testing.T) {
 	checkForward(t, "t1", m.statesOf("t1"))
 }
 
+// A long step's progress (a pull) reaches the manager as the message of the
+// PREPARING status, and the states still only move forward.
+func TestPrepareProgressIsReported(t *testing.T) {
+	fn := newFakeNet()
+	m := fn.startManager(t, "m1")
+	m.serveTasks(newTask("t1"))
+	e := newRecordingExecutor()
+	prepare := make(chan struct{})
+	e.gates["prepare"] = prepare
+	runAgent(t, Config{Dial: fn.dial, Managers: []string{"m1"}, Executor: e})
+
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := m.statusOf("t1")
+		if st != nil && st.State == api.TaskStatePreparing && st.Message == "pulling image busybox: 1 of 2 layers" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress reported: last status %+v", st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(prepare)
+	waitState(t, m, "t1", api.TaskStateRunning)
+	checkForward(t, "t1", m.statesOf("t1"))
+}
+
 func TestDesiredShutdownInterruptsAStepUnderWay(t *testing.T) {
 	fn := newFakeNet()
 	m := fn.startManager(t, "m1")

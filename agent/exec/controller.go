@@ -46,6 +46,15 @@ type Controller interface {
 	Close() error
 }
 
+// Progresser is an optional Controller capability: Progress registers fn to
+// receive human-readable progress of a long step ("pulling image ...: 2
+// layers (1.9 MiB)"), which the agent reports as the task's status message
+// while the step runs; Progress(nil) unregisters it. fn is called from the
+// step's goroutine or one of the controller's, never concurrently.
+type Progresser interface {
+	Progress(fn func(message string))
+}
+
 // PortStatuser is an optional Controller capability: the ports the task
 // publishes on its node (host-mode ports with the number chosen for those
 // the spec left 0), reported in TaskStatus.PortStatus from STARTING on.

@@ -52,7 +52,7 @@ var (
 	_ exec.Controller        = (*Controller)(nil)
 	_ exec.ContainerStatuser = (*Controller)(nil)
 	_ exec.PortStatuser      = (*Controller)(nil)
-	_ Progresser             = (*Controller)(nil)
+	_ exec.Progresser        = (*Controller)(nil)
 )
 
 func (c *Controller) id() string { return c.task.ID }

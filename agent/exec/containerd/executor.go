@@ -36,7 +36,7 @@
 // ErrOOMKilled); Shutdown sends the stop signal (spec, else image, else
 // SIGTERM) and SIGKILL after the stop grace period (default 10s); Remove
 // deletes everything but named volumes. Beyond exec.Controller, a Controller
-// is an exec.ContainerStatuser, an exec.PortStatuser and a Progresser (pull
+// is an exec.ContainerStatuser, an exec.PortStatuser and an exec.Progresser (pull
 // progress). Executor.Tasks and RemoveTask find and remove the containers of
 // tasks the agent no longer knows.
 //
@@ -124,14 +124,6 @@ type Network interface {
 	Attach(ctx context.Context, taskID string, ports []*api.PortConfig) (*hostnet.Attachment, error)
 	// Detach removes what Attach made; nil if there is nothing. Idempotent.
 	Detach(ctx context.Context, taskID string) error
-}
-
-// Progresser is an optional Controller capability: Progress registers fn to
-// receive human-readable progress of a long step ("pulling image ...: 2
-// layers (1.9 MiB)"), meant for TaskStatus.Message while the step runs. fn
-// is called from the step's goroutine or a pull's, never concurrently.
-type Progresser interface {
-	Progress(fn func(message string))
 }
 
 // Config configures an Executor.
