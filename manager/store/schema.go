@@ -12,12 +12,12 @@ import (
 
 // Index names. Every table has indexID and indexName; tasks and nodes have more.
 const (
-	indexID           = "id"
-	indexName         = "name"
-	indexServiceID    = "service_id"
-	indexNodeID       = "node_id"
-	indexSlot         = "slot"
-	indexRole         = "role"
+	indexID        = "id"
+	indexName      = "name"
+	indexServiceID = "service_id"
+	indexNodeID    = "node_id"
+	indexSlot      = "slot"
+	indexRole      = "role"
 )
 
 // stringIndex indexes objects by a string the function extracts; the empty
