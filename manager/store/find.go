@@ -50,7 +50,6 @@ func BySlot(serviceID string, slot uint64) By {
 	return by{index: indexSlot, args: []interface{}{serviceID, slot}}
 }
 
-
 // ByRole selects nodes by role.
 func ByRole(r api.NodeRole) By { return by{index: indexRole, args: []interface{}{"", uint64(r)}} }
 
