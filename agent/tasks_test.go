@@ -1,11 +1,13 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -467,5 +469,59 @@ func TestRunFailsOnATaskDBInUse(t *testing.T) {
 	a := runAgent(t, Config{Dial: fn.dial, Managers: []string{"m1"}, TaskDB: db})
 	if err := a.wait(t); err == nil || !strings.Contains(err.Error(), "in use") {
 		t.Errorf("Run = %v, want the task DB reported in use", err)
+	}
+}
+
+// cleaningExecutor is a recording executor that also keeps tasks of its own
+// (exec.TaskCleaner), as a containerd namespace may hold containers of tasks
+// a lost task DB forgot.
+type cleaningExecutor struct {
+	*recordingExecutor
+	mu      sync.Mutex
+	kept    []string
+	removed []string
+}
+
+func (e *cleaningExecutor) Tasks(context.Context) ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.kept), nil
+}
+
+func (e *cleaningExecutor) RemoveTask(_ context.Context, id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.removed = append(e.removed, id)
+	return nil
+}
+
+// At start, the agent removes what the executor keeps for tasks its task DB
+// does not know, and leaves the others to their task managers.
+func TestOrphansAreRemovedAtStart(t *testing.T) {
+	fn := newFakeNet()
+	m := fn.startManager(t, "m1")
+	m.serveTasks(newTask("t1"))
+	db := filepath.Join(t.TempDir(), "worker", "tasks.db")
+	a, _ := taskAgent(t, fn, db)
+	waitState(t, m, "t1", api.TaskStateRunning)
+	a.stop(t)
+
+	e := &cleaningExecutor{recordingExecutor: newRecordingExecutor(), kept: []string{"ghost", "t1"}}
+	runAgent(t, Config{Dial: fn.dial, Managers: []string{"m1"}, Executor: e, TaskDB: db})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		e.mu.Lock()
+		removed := slices.Clone(e.removed)
+		e.mu.Unlock()
+		if len(removed) > 0 {
+			if !slices.Equal(removed, []string{"ghost"}) {
+				t.Fatalf("removed %v, want only the orphan ghost", removed)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the orphan was not removed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/flotilla/flotilla/agent/exec"
 	"github.com/flotilla/flotilla/agent/taskdb"
@@ -94,6 +95,7 @@ func (w *worker) run(ctx context.Context) {
 	defer wg.Wait()
 	wg.Go(func() { w.rep.run(ctx) })
 	start := func(e *taskEntry) { wg.Go(func() { e.tm.run(ctx) }) }
+	w.removeOrphans(ctx)
 	for _, e := range w.tasks {
 		start(e)
 	}
@@ -116,6 +118,36 @@ func (w *worker) run(ctx context.Context) {
 			}
 			w.forget(ids)
 		}
+	}
+}
+
+// orphanSweepTimeout bounds the removal of orphans at start.
+const orphanSweepTimeout = time.Minute
+
+// removeOrphans removes what the executor keeps for tasks the task DB does
+// not know. It runs before any assignment is taken in, so nothing it finds
+// can belong to a task the agent is starting.
+func (w *worker) removeOrphans(ctx context.Context) {
+	cleaner, ok := w.executor.(exec.TaskCleaner)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, orphanSweepTimeout)
+	defer cancel()
+	ids, err := cleaner.Tasks(ctx)
+	if err != nil {
+		w.log.Warn("cannot list the executor's tasks to remove orphans", "error", err)
+		return
+	}
+	for _, id := range ids {
+		if _, known := w.tasks[id]; known {
+			continue
+		}
+		if err := cleaner.RemoveTask(ctx, id); err != nil {
+			w.log.Warn("cannot remove an orphaned task", "task.id", id, "error", err)
+			continue
+		}
+		w.log.Info("removed an orphaned task: the task DB did not know it", "task.id", id)
 	}
 }
 

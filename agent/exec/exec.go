@@ -57,6 +57,15 @@ type Executor interface {
 	Controller(t *api.Task) (Controller, error)
 }
 
+// TaskCleaner is an optional Executor capability: the tasks it keeps
+// something for on the node (containers, state), and removing all of one
+// task's. The agent removes, when it starts, those its task DB does not know:
+// left by a task DB that was lost or replaced.
+type TaskCleaner interface {
+	Tasks(ctx context.Context) ([]string, error)
+	RemoveTask(ctx context.Context, id string) error
+}
+
 // HostDescription describes the machine the process runs on: the hostname
 // given, the platform (runtime GOOS/GOARCH), all its CPUs (in nano-CPUs) and
 // total memory, and the executor's name in the engine description.

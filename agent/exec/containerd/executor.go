@@ -172,7 +172,10 @@ type Executor struct {
 	pullCount int
 }
 
-var _ exec.Executor = (*Executor)(nil)
+var (
+	_ exec.Executor    = (*Executor)(nil)
+	_ exec.TaskCleaner = (*Executor)(nil)
+)
 
 var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$`)
 
