@@ -18,6 +18,7 @@ deps:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/swarmd ./swarmd
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/swarmctl ./swarmctl
+	$(GO) build -o $(BIN)/busybox-image ./scripts/busybox-image
 
 generate: deps
 	bash protobuf/generate.sh
