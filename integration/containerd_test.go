@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -273,29 +274,122 @@ func (n *containerdNode) snapshots() int {
 }
 
 // swarmd runs its own containerd when none answers at --containerd-addr,
-// under its state dir, and stops it when it stops.
+// under its state dir; restarts it when it dies, without losing the running
+// containers; and stops it when it stops.
 func TestSwarmdRunsItsOwnContainerd(t *testing.T) {
 	containerdtest.Require(t, "containerd", "runc")
 	state := t.TempDir()
 	n := bridgeSeq.Add(1)
 	bridge := fmt.Sprintf("flio%d-%d", os.Getpid()%10000, n)
+	sock := filepath.Join(state, "containerd", "containerd.sock")
+	node := startSwarmd(t, state, "--executor", "containerd", "--containerd-addr", filepath.Join(state, "none.sock"),
+		"--bridge-name", bridge, "--bridge-subnet", fmt.Sprintf("10.218.%d.0/24", (os.Getpid()+int(n))%250))
 	t.Cleanup(func() {
+		// On failure: kill what the node left (its containerd, shims and
+		// containers), then unmount and remove the network.
+		node.kill()
+		for _, pid := range pidsMentioning(state) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		mounts, _ := os.ReadFile("/proc/self/mounts")
+		for _, line := range strings.Split(string(mounts), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && strings.HasPrefix(f[1], state) {
+				_ = syscall.Unmount(f[1], syscall.MNT_DETACH)
+			}
+		}
 		_ = exec.Command("ip", "link", "del", bridge).Run()
 		_ = exec.Command("nft", "delete", "table", "ip", bridge).Run()
 	})
-	node := startSwarmd(t, state, "--executor", "containerd", "--containerd-addr", filepath.Join(state, "none.sock"),
-		"--bridge-name", bridge, "--bridge-subnet", fmt.Sprintf("10.218.%d.0/24", (os.Getpid()+int(n))%250))
 	node.waitReady()
-	sock := filepath.Join(state, "containerd", "containerd.sock")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := daemon.Probe(ctx, sock); err != nil {
 		t.Fatalf("swarmd's own containerd does not answer at %s: %v", sock, err)
+	}
+	c, err := containerd.New(sock, containerd.WithDefaultNamespace("swarmd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	archive := containerdtest.BusyboxImage(t, containerdtest.ImageOptions{})
+	if _, err := containerdtest.ImportArchive(ctx, c, "swarmd", archive, "docker.io/library/busybox:latest"); err != nil {
+		t.Fatal(err)
+	}
+	cn := &containerdNode{swarmd: node, ns: "swarmd", ctr: c}
+	node.mustCtl("service", "create", "--name", "sleep", "--stop-grace-period", "1s", "--image", "busybox", "--", "sleep", "1000")
+	before := cn.running("sleep", 1)[0]
+
+	// containerd dies: swarmd starts it again; the container lives on and
+	// its task stays the same.
+	daemons := pidsRunning(state, "containerd")
+	if len(daemons) != 1 {
+		t.Fatalf("containerd processes of the node: %v, want one", daemons)
+	}
+	_ = syscall.Kill(daemons[0], syscall.SIGKILL)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if now := pidsRunning(state, "containerd"); len(now) == 1 && now[0] != daemons[0] && daemon.Probe(ctx, sock) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("containerd not restarted 30s after it was killed:\n%s", node.out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if after := cn.running("sleep", 1)[0]; after.ID != before.ID || after.Status.ContainerStatus.PID != before.Status.ContainerStatus.PID {
+		t.Fatalf("after containerd's restart the task is %s (pid %d), was %s (pid %d)", after.ID, after.Status.ContainerStatus.PID,
+			before.ID, before.Status.ContainerStatus.PID)
+	}
+
+	node.mustCtl("service", "rm", "sleep")
+	for deadline := time.Now().Add(time.Minute); cn.containers() > 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the container is still there a minute after service rm")
+		}
 	}
 	node.stop()
 	if err := daemon.Probe(ctx, sock); err == nil {
 		t.Fatalf("swarmd's own containerd still answers at %s after swarmd stopped", sock)
 	}
+	// Shims and loggers exit on their own once their container is deleted.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		left := pidsMentioning(state)
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("processes left 10s after swarmd stopped: %v", left)
+		}
+	}
+}
+
+// pidsMentioning are the processes whose command line mentions s.
+func pidsMentioning(s string) []int {
+	var out []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err == nil && strings.Contains(string(cmdline), s) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// pidsRunning are the processes running the named program whose command
+// line mentions s.
+func pidsRunning(s, program string) []int {
+	var out []int
+	for _, pid := range pidsMentioning(s) {
+		if comm(pid) == program {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 // A private image on a registry with basic auth: pulled with the credentials
