@@ -47,16 +47,6 @@ type logRead struct {
 	ended   bool
 }
 
-func (r *logRead) lines() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	out := make([]string, len(r.msgs))
-	for i, m := range r.msgs {
-		out[i] = m.Context.TaskID + " " + string(m.Data)
-	}
-	return out
-}
-
 func (r *logRead) snapshot() ([]*api.LogMessage, []*api.LogNotice, bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

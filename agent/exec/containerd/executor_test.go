@@ -290,7 +290,7 @@ func TestContainers(t *testing.T) {
 			})
 			ctlr := en.controller(t, task)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			task = drive(ctx, t, task, ctlr, api.TaskStateRunning)
+			drive(ctx, t, task, ctlr, api.TaskStateRunning)
 			waitFor(t, 10*time.Second, "the trap to be set", func() bool {
 				_, err := os.Stat(filepath.Join(dir, "ready-"+tc.trap))
 				return err == nil

@@ -40,13 +40,6 @@ type env struct {
 	e        *Executor
 }
 
-// sharedDaemon is the containerd of the tests that do not stop it; each test
-// has a namespace of its own in it.
-var sharedDaemon struct {
-	d       *containerdtest.Daemon
-	archive string
-}
-
 // newEnv starts an executor in a new namespace of d (a new daemon if nil).
 func newEnv(t testing.TB, d *containerdtest.Daemon, archive string) *env {
 	t.Helper()
