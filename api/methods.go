@@ -23,3 +23,7 @@ func LogsServiceMethods() []string {
 	}
 	return out
 }
+
+// ControlServiceName is the Control service's full gRPC name
+// ("flotilla.api.Control"), as in a method's "/SERVICE/METHOD".
+func ControlServiceName() string { return _Control_serviceDesc.ServiceName }
