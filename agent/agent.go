@@ -40,6 +40,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +83,11 @@ type Config struct {
 	// API); the list is then refreshed from SessionMessage.managers. At
 	// least one is required.
 	Managers []string
+	// ManagersChanged, if set, is called with the managers' addresses (leader
+	// first) whenever a manager sends a list that differs from the last
+	// one, so that the node can remember them across restarts. It runs on
+	// the agent's Run goroutine: it must not block for long.
+	ManagersChanged func(addrs []string)
 	// Executor describes the node and runs its tasks.
 	Executor exec.Executor
 	// TaskDB is the file of the node's task DB, the tasks assigned to it and
@@ -295,7 +301,11 @@ func (a *Agent) apply(m *api.SessionMessage) {
 		a.node = m.Node
 		a.mu.Unlock()
 	}
+	before := a.managers.all()
 	a.managers.update(m.Managers)
+	if after := a.managers.all(); a.cfg.ManagersChanged != nil && len(m.Managers) > 0 && !slices.Equal(before, after) {
+		a.cfg.ManagersChanged(after)
+	}
 }
 
 // sessionResult is how one session went.

@@ -238,9 +238,21 @@ func TestManagersFromTheSessionAreUsedNext(t *testing.T) {
 	m1 := fn.startManager(t, "m1")
 	m2 := fn.startManager(t, "m2")
 	m1.managers = []*api.WeightedPeer{{NodeID: "n2", Addr: "m2", Weight: 10}}
-	a := runAgent(t, Config{Dial: fn.dial, Managers: []string{"dead", "m1"}})
+	var mu sync.Mutex
+	var remembered [][]string
+	a := runAgent(t, Config{Dial: fn.dial, Managers: []string{"dead", "m1"}, ManagersChanged: func(addrs []string) {
+		mu.Lock()
+		remembered = append(remembered, addrs)
+		mu.Unlock()
+	}})
 
 	waitReady(t, a)
+	// The node is told the new list (the manager's, then the seeds), once.
+	waitFor(t, "the managers to be remembered", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(remembered) == 1 && slices.Equal(remembered[0], []string{"m2", "dead", "m1"})
+	})
 	if got := m1.sessions(); len(got) != 1 {
 		t.Fatalf("m1 sessions = %v, want one after skipping the dead address", got)
 	}

@@ -247,11 +247,12 @@ func (n *Node) Start(ctx context.Context) error {
 		return fmt.Errorf("worker node %s knows no manager to connect to: %s lacks the managers list", me.NodeID, filepath.Join(n.cfg.StateDir, stateFile))
 	}
 	ag := agent.New(agent.Config{
-		Dial:     n.dial,
-		Managers: managers,
-		Executor: executor,
-		TaskDB:   filepath.Join(n.cfg.StateDir, "worker", "tasks.db"),
-		Logger:   logger,
+		Dial:            n.dial,
+		Managers:        managers,
+		ManagersChanged: n.rememberManagers,
+		Executor:        executor,
+		TaskDB:          filepath.Join(n.cfg.StateDir, "worker", "tasks.db"),
+		Logger:          logger,
 	})
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	n.cancel, n.lock, n.mgr, n.agent, n.runtime, n.started = cancel, lock, mgr, ag, runtime, true
@@ -298,6 +299,21 @@ func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent, m
 	n.lock.Close()
 	n.mu.Unlock()
 	close(n.done)
+}
+
+// rememberManagers keeps the managers a manager last listed (leader first)
+// in node.json, so that a restarted worker finds the cluster even if the
+// manager it joined through is gone.
+func (n *Node) rememberManagers(addrs []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := *n.state
+	st.Managers = addrs
+	if err := saveState(n.cfg.StateDir, &st); err != nil {
+		n.log.Warn("cannot remember the managers' addresses", "error", err)
+		return
+	}
+	n.state = &st
 }
 
 // defaultAdvertiseAddr is the bound address, or when bound to all
@@ -348,6 +364,8 @@ func (n *Node) Err() error {
 
 // NodeID is the node's ID (empty before Start).
 func (n *Node) NodeID() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	if n.state == nil {
 		return ""
 	}
