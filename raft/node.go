@@ -139,6 +139,11 @@ type Config struct {
 	LogEntriesForSlowFollowers uint64 // entries kept in memory before the snapshot index after compaction
 	MaxProposalBytes           int    // larger proposals fail with ErrProposalTooLarge
 
+	// DataKey, if set, encrypts the log and snapshots on disk (see DataKey); a plaintext log of
+	// an earlier version is encrypted when the node opens it. Nil keeps a plaintext log, and an
+	// encrypted log does not open without its key.
+	DataKey *DataKey
+
 	Logger       *slog.Logger
 	StateMachine StateMachine
 	Transport    Transport
@@ -231,7 +236,7 @@ func New(cfg Config) (*Node, error) {
 	// One Ready writes at most one proposal batch or one append message, so a torn write at the
 	// tail spans at most two of them (the batch, and unsynced HardState records before it).
 	maxBatch := max(cfg.MaxProposalBytes, maxSizePerMsg)
-	st, rec, err := openStorage(cfg.Dir, cfg.ID, int64(2*maxBatch+64<<10), lg)
+	st, rec, err := openStorage(cfg.Dir, cfg.ID, int64(2*maxBatch+64<<10), cfg.DataKey, lg)
 	if err != nil {
 		return nil, err
 	}

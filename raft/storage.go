@@ -25,6 +25,11 @@ import (
 const (
 	walSubdir  = "wal"
 	snapSubdir = "snap"
+	// While a plaintext log is being encrypted (see migrate), the encrypted copy is built in
+	// walMigrateSubdir and the plaintext log is moved to walPlainSubdir before being removed.
+	walMigrateSubdir  = "wal.migrate"
+	walPlainSubdir    = "wal.plain"
+	snapMigrateSubdir = "snap.migrate"
 	// keepSnapshots snapshot files are kept, and the WAL reaches back to the oldest of them, so a
 	// damaged newest snapshot file still leaves a consistent older snapshot + log to start from.
 	keepSnapshots = 2
@@ -77,6 +82,8 @@ type storage struct {
 	ss                   *snap.Snapshotter
 	hs                   raftpb.HardState // last HardState written, to know which Saves fsync
 	syncs                atomic.Uint64
+	// seal encrypts what is written and decrypts what is read; nil for a plaintext log.
+	seal *sealer
 }
 
 // recovered is what a restart found on disk.
@@ -90,10 +97,21 @@ func (r recovered) empty() bool {
 	return r.snapshot == nil && raft.IsEmptyHardState(r.hs) && len(r.ents) == 0
 }
 
+// walMeta is the metadata of a member's WAL: it names the member, and says whether the log is
+// encrypted (then every entry and snapshot in it is sealed, and a plaintext one is refused).
+func walMeta(id uint64, encrypted bool) []byte {
+	if encrypted {
+		return []byte(fmt.Sprintf("flotilla raft member %x, encrypted", id))
+	}
+	return []byte(fmt.Sprintf("flotilla raft member %x", id))
+}
+
 // openStorage creates the log in dir, or opens it: verify the WAL (repairing a torn tail, refusing
 // corruption), load the newest snapshot the WAL knows about, and read the entries after it.
 // tornWindow bounds how many bytes a torn write at the tail may span (one unsynced batch).
-func openStorage(dir string, id uint64, tornWindow int64, lg *slog.Logger) (*storage, recovered, error) {
+// With a data key the log is encrypted; a plaintext log written without one is encrypted on the
+// spot (see migrate).
+func openStorage(dir string, id uint64, tornWindow int64, dek *DataKey, lg *slog.Logger) (*storage, recovered, error) {
 	s := &storage{
 		dir:     dir,
 		walDir:  filepath.Join(dir, walSubdir),
@@ -101,16 +119,27 @@ func openStorage(dir string, id uint64, tornWindow int64, lg *slog.Logger) (*sto
 		lg:      lg,
 		zlg:     zapToSlog(lg),
 	}
+	reopen := func() (*storage, recovered, error) { return openStorage(dir, id, tornWindow, dek, lg) }
+	if dek != nil {
+		var err error
+		if s.seal, err = newSealer(dek); err != nil {
+			return nil, recovered{}, err
+		}
+		// Sealing adds recordOverhead bytes to every entry of a batch.
+		tornWindow = 2*tornWindow + 2*maxBatchProposals*recordOverhead
+	}
 	for _, d := range []string{dir, s.snapDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, recovered{}, &StorageError{Dir: dir, Op: "create the data directory", Err: err}
 		}
 	}
 	s.ss = snap.New(s.zlg, s.snapDir)
-	meta := []byte(fmt.Sprintf("flotilla raft member %x", id))
+	if err := s.finishMigration(); err != nil {
+		return nil, recovered{}, err
+	}
 
 	if !wal.Exist(s.walDir) {
-		w, err := wal.Create(s.zlg, s.walDir, meta)
+		w, err := wal.Create(s.zlg, s.walDir, walMeta(id, s.seal != nil))
 		if err != nil {
 			return nil, recovered{}, &StorageError{Dir: dir, Op: "create the raft log", Err: err}
 		}
@@ -146,13 +175,183 @@ func openStorage(dir string, id uint64, tornWindow int64, lg *slog.Logger) (*sto
 		_ = w.Close()
 		return nil, recovered{}, fmt.Errorf("raft: read the WAL in %s: %w", s.walDir, err)
 	}
-	if string(md) != string(meta) {
+	s.w, s.hs = w, hs
+	rec.hs, rec.ents = hs, ents
+	switch string(md) {
+	case string(walMeta(id, true)):
+		if s.seal == nil {
+			_ = w.Close()
+			return nil, recovered{}, fmt.Errorf("raft: the log in %s is encrypted, but no data key was given to open it", dir)
+		}
+		if err := s.openRecovered(&rec); err != nil {
+			_ = w.Close()
+			return nil, recovered{}, err
+		}
+		return s, rec, nil
+	case string(walMeta(id, false)):
+		// A log from before encryption at rest. Its newest snapshot file may already be sealed
+		// by a migration that a crash interrupted.
+		if sn := rec.snapshot; sn != nil && isSealed(sn.Data) {
+			if s.seal == nil {
+				_ = w.Close()
+				return nil, recovered{}, fmt.Errorf("raft: the snapshot in %s is encrypted, but no data key was given to open it", s.snapDir)
+			}
+			if err := s.seal.openSnapshot(dir, sn); err != nil {
+				_ = w.Close()
+				return nil, recovered{}, err
+			}
+		}
+		if s.seal == nil {
+			return s, rec, nil
+		}
+		if err := s.migrate(id, rec); err != nil {
+			return nil, recovered{}, err
+		}
+		return reopen()
+	default:
 		_ = w.Close()
 		return nil, recovered{}, fmt.Errorf("raft: the log in %s belongs to another member (%q), not raft ID %x", s.walDir, md, id)
 	}
-	s.w, s.hs = w, hs
-	rec.hs, rec.ents = hs, ents
-	return s, rec, nil
+}
+
+// openRecovered decrypts what an encrypted log held.
+func (s *storage) openRecovered(rec *recovered) error {
+	if rec.snapshot != nil {
+		if err := s.seal.openSnapshot(s.dir, rec.snapshot); err != nil {
+			return err
+		}
+	}
+	return s.seal.openEntries(s.dir, rec.ents)
+}
+
+// migrate encrypts a plaintext log in place, so that nothing of it stays readable on disk: it
+// seals the newest snapshot file (written beside it, then renamed over it), removes every other
+// snapshot file, writes an encrypted copy of the WAL (snapshot record, entries, HardState) in
+// wal.migrate, and swaps the two WAL directories. It closes s.w. A crash at any point leaves
+// either the plaintext log or the encrypted one (finishMigration completes or discards the
+// swap), and the plaintext WAL still opens with a sealed snapshot.
+func (s *storage) migrate(id uint64, rec recovered) error {
+	fail := func(op string, err error) error {
+		return &StorageError{Dir: s.dir, Op: "encrypt the plaintext raft log: " + op, Err: err}
+	}
+	if err := s.w.Close(); err != nil {
+		return fail("close the plaintext WAL", err)
+	}
+	s.lg.Info("raft log: encrypting the plaintext log of an earlier version", "dir", s.dir,
+		"entries", len(rec.ents), "snapshot", rec.snapshot != nil)
+	keep := ""
+	if sn := rec.snapshot; sn != nil {
+		tmpDir := filepath.Join(s.dir, snapMigrateSubdir)
+		if err := os.RemoveAll(tmpDir); err != nil {
+			return fail("clear "+tmpDir, err)
+		}
+		if err := os.Mkdir(tmpDir, 0o700); err != nil {
+			return fail("create "+tmpDir, err)
+		}
+		if err := snap.New(s.zlg, tmpDir).SaveSnap(s.seal.sealSnapshot(*sn)); err != nil {
+			return fail("write the sealed snapshot", err)
+		}
+		keep = fmt.Sprintf("%016x-%016x.snap", sn.Metadata.Term, sn.Metadata.Index)
+		if err := os.Rename(filepath.Join(tmpDir, keep), filepath.Join(s.snapDir, keep)); err != nil {
+			return fail("replace the plaintext snapshot", err)
+		}
+		if err := syncDir(s.snapDir); err != nil {
+			return fail("sync "+s.snapDir, err)
+		}
+		_ = os.RemoveAll(tmpDir)
+	}
+	// Older snapshots, orphans and .broken copies are plaintext: none is needed any more.
+	ents, err := os.ReadDir(s.snapDir)
+	if err != nil {
+		return fail("list "+s.snapDir, err)
+	}
+	for _, e := range ents {
+		if e.Name() != keep {
+			if err := os.RemoveAll(filepath.Join(s.snapDir, e.Name())); err != nil {
+				return fail("remove a plaintext snapshot file", err)
+			}
+		}
+	}
+
+	tmpWAL := filepath.Join(s.dir, walMigrateSubdir)
+	if err := os.RemoveAll(tmpWAL); err != nil {
+		return fail("clear "+tmpWAL, err)
+	}
+	w, err := wal.Create(s.zlg, tmpWAL, walMeta(id, true))
+	if err != nil {
+		return fail("create the encrypted WAL", err)
+	}
+	err = func() error {
+		if sn := rec.snapshot; sn != nil {
+			if err := w.SaveSnapshot(walpb.Snapshot{Index: sn.Metadata.Index, Term: sn.Metadata.Term, ConfState: &sn.Metadata.ConfState}); err != nil {
+				return err
+			}
+		}
+		if err := w.Save(rec.hs, s.seal.sealEntries(rec.ents)); err != nil {
+			return err
+		}
+		return w.Sync()
+	}()
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail("write the encrypted WAL", err)
+	}
+	plain := filepath.Join(s.dir, walPlainSubdir)
+	_ = os.RemoveAll(plain)
+	if err := os.Rename(s.walDir, plain); err != nil {
+		return fail("move the plaintext WAL aside", err)
+	}
+	if err := os.Rename(tmpWAL, s.walDir); err != nil {
+		return fail("put the encrypted WAL in place", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fail("sync "+s.dir, err)
+	}
+	if err := os.RemoveAll(plain); err != nil {
+		s.lg.Warn("raft log: remove the plaintext WAL after encrypting it", "dir", plain, "err", err)
+	}
+	s.lg.Info("raft log: the log is encrypted now", "dir", s.dir)
+	return nil
+}
+
+// finishMigration completes or discards a migration (see migrate) that a crash interrupted.
+func (s *storage) finishMigration() error {
+	tmpWAL := filepath.Join(s.dir, walMigrateSubdir)
+	plain := filepath.Join(s.dir, walPlainSubdir)
+	_ = os.RemoveAll(filepath.Join(s.dir, snapMigrateSubdir))
+	if _, err := os.Stat(tmpWAL); err == nil {
+		if wal.Exist(s.walDir) {
+			// The encrypted copy was not finished: the plaintext log is still in place.
+			if err := os.RemoveAll(tmpWAL); err != nil {
+				return &StorageError{Dir: s.dir, Op: "remove an unfinished encrypted WAL", Err: err}
+			}
+		} else {
+			// The plaintext WAL was moved aside after the encrypted copy was complete.
+			_ = os.Remove(s.walDir) // an empty directory left by an earlier attempt
+			if err := os.Rename(tmpWAL, s.walDir); err != nil {
+				return &StorageError{Dir: s.dir, Op: "put the encrypted WAL in place", Err: err}
+			}
+			s.lg.Info("raft log: finished encrypting the log after an interruption", "dir", s.dir)
+		}
+	}
+	if _, err := os.Stat(plain); err == nil && wal.Exist(s.walDir) {
+		if err := os.RemoveAll(plain); err != nil {
+			return &StorageError{Dir: s.dir, Op: "remove the plaintext WAL", Err: err}
+		}
+	}
+	return nil
+}
+
+// syncDir makes renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fileutil.Fsync(d)
 }
 
 // verifyWAL reads every WAL segment record by record before etcd opens them, because etcd
@@ -304,6 +503,9 @@ func (s *storage) save(hs raftpb.HardState, ents []raftpb.Entry) error {
 		return nil
 	}
 	synced := len(ents) > 0 || raft.MustSync(hs, s.hs, 0)
+	if s.seal != nil && len(ents) > 0 {
+		ents = s.seal.sealEntries(ents)
+	}
 	if err := s.w.Save(hs, ents); err != nil {
 		return &StorageError{Dir: s.dir, Op: "append to the raft log", Err: err}
 	}
@@ -321,7 +523,11 @@ func (s *storage) save(hs raftpb.HardState, ents []raftpb.Entry) error {
 // never a WAL record pointing at a missing file. The WAL record is fsynced, and with it the
 // HardState written before it, whose commit index covers the snapshot.
 func (s *storage) saveSnap(sn raftpb.Snapshot) error {
-	if err := s.ss.SaveSnap(sn); err != nil {
+	disk := sn
+	if s.seal != nil {
+		disk = s.seal.sealSnapshot(sn)
+	}
+	if err := s.ss.SaveSnap(disk); err != nil {
 		return &StorageError{Dir: s.dir, Op: "write a snapshot file", Err: err}
 	}
 	ws := walpb.Snapshot{Index: sn.Metadata.Index, Term: sn.Metadata.Term, ConfState: &sn.Metadata.ConfState}
