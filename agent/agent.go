@@ -247,7 +247,12 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 		var wait time.Duration
-		if errors.Is(res.err, errSessionInvalid) && (res.heartbeats > 0 || !quickRetried) {
+		if res.leader != "" && !quickRetried {
+			// Sent to the leader: go there at once (but not twice in a row,
+			// should managers disagree about who leads).
+			a.managers.prefer(res.leader)
+			quickRetried = true
+		} else if errors.Is(res.err, errSessionInvalid) && (res.heartbeats > 0 || !quickRetried) {
 			quickRetried = true // at once, but not twice in a row for a session that never beat
 		} else {
 			quickRetried = false
@@ -312,7 +317,10 @@ func (a *Agent) apply(m *api.SessionMessage) {
 type sessionResult struct {
 	established bool // the first SessionMessage arrived
 	heartbeats  int  // heartbeats the dispatcher accepted
-	err         error
+	// leader is where a manager that could not serve the session said the
+	// leader is (api.LeaderTrailer).
+	leader string
+	err    error
 }
 
 // session holds one session with the manager at addr until it fails or ctx
@@ -345,6 +353,9 @@ func (a *Agent) session(ctx context.Context, addr string) (res sessionResult) {
 		return res
 	}
 	if err != nil {
+		if v := stream.Trailer().Get(api.LeaderTrailer); len(v) > 0 && v[0] != addr {
+			res.leader = v[0]
+		}
 		res.err = sessionError(addr, err)
 		return res
 	}

@@ -266,6 +266,26 @@ func TestManagersFromTheSessionAreUsedNext(t *testing.T) {
 	}
 }
 
+// A follower refuses the session naming the leader: the agent goes there
+// next, at once.
+func TestAgentFollowsTheLeaderHint(t *testing.T) {
+	fn := newFakeNet()
+	follower := fn.startManager(t, "m1")
+	follower.refuseSession = func(int) error { return status.Error(codes.Unavailable, "not the leader") }
+	follower.leaderHint = "m3"
+	fn.startManager(t, "m2")
+	leader := fn.startManager(t, "m3")
+	a := runAgent(t, Config{Dial: fn.dial, Managers: []string{"m1", "m2"}})
+
+	waitReady(t, a)
+	if got := leader.sessions(); len(got) != 1 {
+		t.Fatalf("sessions on the leader: %v, want one", got)
+	}
+	if dials := fn.dialed(); !slices.Equal(dials[:2], []string{"m1", "m3"}) {
+		t.Errorf("dialled %v, want m1 then the leader m3", dials)
+	}
+}
+
 func TestSessionNotFoundStopsTheAgentAsRemoved(t *testing.T) {
 	fn := newFakeNet()
 	m := fn.startManager(t, "m1")

@@ -14,6 +14,7 @@ import (
 	"github.com/gogo/protobuf/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/flotilla/flotilla/agent/exec/sim"
@@ -81,6 +82,8 @@ type fakeManager struct {
 	period     time.Duration       // in heartbeat answers; 0 sends none
 	// refuseSession, if set, answers Session call n (0-based) with an error.
 	refuseSession func(n int) error
+	// leaderHint, if set, goes with a refusal as api.LeaderTrailer.
+	leaderHint string
 	// refuseBeat, if set, answers heartbeat n (0-based) of a session with an error.
 	refuseBeat func(sessionID string, n int) error
 
@@ -111,10 +114,13 @@ func (m *fakeManager) Session(req *api.SessionRequest, stream api.Dispatcher_Ses
 	m.mu.Lock()
 	n := len(m.requests)
 	m.requests = append(m.requests, req)
-	refuse := m.refuseSession
+	refuse, hint := m.refuseSession, m.leaderHint
 	m.mu.Unlock()
 	if refuse != nil {
 		if err := refuse(n); err != nil {
+			if hint != "" {
+				stream.SetTrailer(metadata.Pairs(api.LeaderTrailer, hint))
+			}
 			return err
 		}
 	}

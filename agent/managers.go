@@ -53,6 +53,17 @@ func (l *managerList) update(peers []*api.WeightedPeer) {
 	l.addrs, l.next = addrs, 0
 }
 
+// prefer makes addr the next pick (a manager said the leader is there),
+// adding it to the candidates if it is new.
+func (l *managerList) prefer(addr string) {
+	i := slices.Index(l.addrs, addr)
+	if i < 0 {
+		l.addrs = append(slices.Clone(l.addrs), addr)
+		i = len(l.addrs) - 1
+	}
+	l.next = i
+}
+
 // all is the current candidate list, for logs.
 func (l *managerList) all() []string { return slices.Clone(l.addrs) }
 

@@ -27,3 +27,7 @@ func LogsServiceMethods() []string {
 // ControlServiceName is the Control service's full gRPC name
 // ("flotilla.api.Control"), as in a method's "/SERVICE/METHOD".
 func ControlServiceName() string { return _Control_serviceDesc.ServiceName }
+
+// LeaderTrailer is the gRPC trailer in which a manager that cannot serve an
+// agent's session (it is not the leader) names the leader's address.
+const LeaderTrailer = "flotilla-leader"

@@ -125,6 +125,7 @@ func New(cfg Config) (*Manager, error) {
 		Store:    m.store,
 		Identify: identifyPeer,
 		Managers: m.managerPeers,
+		Leader:   m.leaderAddr,
 		Logger:   cfg.Logger,
 	})
 	m.replicated = replicated.New(m.store, replicated.Config{Logger: cfg.Logger})
@@ -163,6 +164,25 @@ func (m *Manager) managerPeers() []*api.WeightedPeer {
 		}
 	})
 	return out
+}
+
+// leaderAddr is the leader's remote API address, "" when unknown.
+func (m *Manager) leaderAddr() string {
+	if peers := m.managerPeers(); len(peers) > 0 && m.isLeaderPeer(peers[0]) {
+		return peers[0].Addr
+	}
+	return ""
+}
+
+// isLeaderPeer reports whether the store marks p's node as the leader.
+func (m *Manager) isLeaderPeer(p *api.WeightedPeer) bool {
+	var leader bool
+	m.store.View(func(tx store.ReadTx) {
+		if n := store.Get[*api.Node](tx, p.NodeID); n != nil && n.ManagerStatus != nil {
+			leader = n.ManagerStatus.Leader
+		}
+	})
+	return leader
 }
 
 // proposer lets the store be built before the raft node it proposes to.

@@ -79,6 +79,7 @@ import (
 	gogoproto "github.com/gogo/protobuf/proto"
 	"github.com/gogo/protobuf/types"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -143,6 +144,11 @@ type Config struct {
 	// called from handler goroutines and must be safe for concurrent use.
 	// Nil means none.
 	Managers func() []*api.WeightedPeer
+	// Leader is the leader's remote API address ("" when unknown). A
+	// dispatcher that is not running names it to agents in the
+	// api.LeaderTrailer of its refusal, so they go there next. Nil means
+	// unknown.
+	Leader func() string
 	// Clock is the time source; nil means the real clock.
 	Clock Clock
 	// GracePeriod is how long after Run starts a node the store says is
@@ -356,6 +362,20 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	nodeID, err := d.cfg.Identify(ctx)
 	if err != nil {
 		return err
+	}
+	// Only a running dispatcher (the leader's, which has applied everything
+	// committed) may tell a node it is unknown: a follower's store may lag
+	// behind a node that just joined.
+	d.mu.RLock()
+	running := d.running
+	d.mu.RUnlock()
+	if !running {
+		if d.cfg.Leader != nil {
+			if addr := d.cfg.Leader(); addr != "" {
+				stream.SetTrailer(metadata.Pairs(api.LeaderTrailer, addr))
+			}
+		}
+		return errNotRunning
 	}
 	var known bool
 	d.cfg.Store.View(func(tx store.ReadTx) { known = tx.Get(api.KindNode, nodeID) != nil })

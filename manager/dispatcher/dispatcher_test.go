@@ -152,6 +152,7 @@ func newHarness(t testing.TB, opts ...option) *harness {
 		Store:    s,
 		Identify: identify,
 		Managers: func() []*api.WeightedPeer { return *h.managers.Load() },
+		Leader:   func() string { return "10.0.0.9:4242" },
 		Clock:    h.clock,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}
@@ -740,6 +741,15 @@ func TestRunStopEndsSessionsUnavailable(t *testing.T) {
 	wantCode(t, err, codes.Unavailable, "not the leader")
 	stream, err := h.client.Session(as("n1"), &api.SessionRequest{})
 	if err == nil {
+		_, err = stream.Recv()
+	}
+	wantCode(t, err, codes.Unavailable, "not the leader")
+	if hint := stream.Trailer().Get(api.LeaderTrailer); len(hint) != 1 || hint[0] != "10.0.0.9:4242" {
+		t.Fatalf("refusal names the leader as %v, want 10.0.0.9:4242", hint)
+	}
+	// A node this (not leading) manager does not know is not told it was
+	// removed: the leader decides that.
+	if stream, err = h.client.Session(as("stranger"), &api.SessionRequest{}); err == nil {
 		_, err = stream.Recv()
 	}
 	wantCode(t, err, codes.Unavailable, "not the leader")
