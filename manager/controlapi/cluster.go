@@ -45,9 +45,6 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 	if err := validation.ClusterSpec(req.Spec); err != nil {
 		return nil, invalid(err)
 	}
-	if req.Rotation.ManagerUnlockKey {
-		return nil, status.Error(codes.Unimplemented, "rotating the unlock key is not supported yet by this version")
-	}
 	var id string
 	err := s.store.Update(ctx, func(tx store.Tx) error {
 		cur, err := resolve[*api.Cluster](tx, req.ClusterID)
@@ -65,6 +62,9 @@ func (s *Server) UpdateCluster(ctx context.Context, req *api.UpdateClusterReques
 		}
 		cur.Spec = *req.Spec.Copy()
 		if err := rotateJoinTokens(cur, req.Rotation); err != nil {
+			return err
+		}
+		if err := updateUnlockKey(cur, req.Rotation); err != nil {
 			return err
 		}
 		return tx.Update(cur)
