@@ -64,6 +64,13 @@ type Config struct {
 	// Logger should carry node.id already.
 	// Description is what the node reports about itself.
 	Description *api.NodeDescription
+	// DataKey encrypts this manager's raft log and snapshots on disk (nil:
+	// plaintext).
+	DataKey *raft.DataKey
+	// UnlockKeyChanged, if set, is called with the cluster's unlock key (nil
+	// when autolock is off) each time this manager sees the cluster object,
+	// so the node can seal its keys with it. It must be idempotent.
+	UnlockKeyChanged func(ca.UnlockKey)
 	// Raft timing (zero: raft package defaults).
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int
@@ -112,6 +119,7 @@ func New(cfg Config) (*Manager, error) {
 		TickInterval:  cfg.TickInterval,
 		ElectionTick:  cfg.ElectionTick,
 		HeartbeatTick: cfg.HeartbeatTick,
+		DataKey:       cfg.DataKey,
 		Logger:        cfg.Logger,
 		StateMachine:  m.store,
 	})

@@ -5,12 +5,14 @@ import (
 	"errors"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/manager/controlapi"
 	"github.com/flotilla/flotilla/manager/store"
 )
 
 // applyClusterSettings keeps the settings of this manager's own components
-// in line with the cluster object (today: the raft snapshot interval). Every
-// manager runs it, leader or not, since each manages its own log.
+// in line with the cluster object (the raft snapshot interval, the unlock key
+// its keys are sealed with). Every manager runs it, leader or not, since each
+// manages its own log and keys.
 func (m *Manager) applyClusterSettings(ctx context.Context) error {
 	for {
 		var cluster *api.Cluster
@@ -51,4 +53,7 @@ func (m *Manager) applySettings(c *api.Cluster) {
 		return
 	}
 	m.raft.SetSnapshotInterval(c.Spec.Raft.SnapshotInterval)
+	if m.cfg.UnlockKeyChanged != nil {
+		m.cfg.UnlockKeyChanged(controlapi.ManagerUnlockKey(c))
+	}
 }
