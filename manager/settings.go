@@ -14,6 +14,15 @@ import (
 // its keys are sealed with). Every manager runs it, leader or not, since each
 // manages its own log and keys.
 func (m *Manager) applyClusterSettings(ctx context.Context) error {
+	// Start from a store that has applied this member's own committed log:
+	// the snapshot restored at start may predate autolock, and acting on it
+	// would write the keys in the clear until the log caught up.
+	if err := m.raft.WaitApplied(ctx, m.raft.CommittedIndex()); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	for {
 		var cluster *api.Cluster
 		w, _, err := m.store.ViewAndWatch(func(tx store.ReadTx) {
