@@ -67,10 +67,10 @@ type Config struct {
 	// DataKey encrypts this manager's raft log and snapshots on disk (nil:
 	// plaintext).
 	DataKey *raft.DataKey
-	// UnlockKeyChanged, if set, is called with the cluster's unlock key (nil
+	// OnUnlockKey, if set, is called with the cluster's unlock key (nil
 	// when autolock is off) each time this manager sees the cluster object,
 	// so the node can seal its keys with it. It must be idempotent.
-	UnlockKeyChanged func(ca.UnlockKey)
+	OnUnlockKey func(ca.UnlockKey)
 	// Raft timing (zero: raft package defaults).
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int

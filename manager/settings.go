@@ -62,7 +62,7 @@ func (m *Manager) applySettings(c *api.Cluster) {
 		return
 	}
 	m.raft.SetSnapshotInterval(c.Spec.Raft.SnapshotInterval)
-	if m.cfg.UnlockKeyChanged != nil {
-		m.cfg.UnlockKeyChanged(controlapi.ManagerUnlockKey(c))
+	if m.cfg.OnUnlockKey != nil {
+		m.cfg.OnUnlockKey(controlapi.ManagerUnlockKey(c))
 	}
 }

@@ -26,9 +26,9 @@ type nodeIdentity struct {
 	rootKey []byte
 }
 
-func (n *Node) keyStore() *ca.KeyStore {
-	return &ca.KeyStore{Dir: filepath.Join(n.cfg.StateDir, "certificates"), Log: n.cfg.Logger}
-}
+// keyStore is the node's one key store: it remembers the lock and the data
+// key of the node key file, which every save keeps.
+func (n *Node) keyStore() *ca.KeyStore { return n.keys }
 
 // loadOrCreateIdentity reads the node's certificate and state, or makes them:
 // a new cluster when no join address is given, else by joining through it.
@@ -37,8 +37,14 @@ func (n *Node) keyStore() *ca.KeyStore {
 func (n *Node) loadOrCreateIdentity(ctx context.Context) (*nodeIdentity, error) {
 	ks := n.keyStore()
 	certPEM, keyPEM, err := ks.LoadNode()
+	if lerr := lockError(err); lerr != err {
+		return nil, lerr
+	}
 	switch {
 	case err == nil:
+		if ks.UnlockKey != nil && !ks.Locked() {
+			n.log.Warn("this node's keys are not locked; --unlock-key is ignored")
+		}
 		return n.loadIdentity(ks, certPEM, keyPEM)
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("node certificate in %s: %w", ks.Dir, err)

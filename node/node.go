@@ -77,6 +77,9 @@ type Config struct {
 	// logger (default: this process's executable, which must call
 	// logging.Invoked first thing in main, as swarmd does).
 	LogBinary string
+	// UnlockKey (SWMKEY-1-...) opens the keys of a manager locked by the
+	// cluster's autolock.
+	UnlockKey string
 	// Raft timing; zero values take the raft package defaults.
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int
@@ -90,6 +93,7 @@ type Node struct {
 	state *State
 
 	creds *ca.Credentials
+	keys  *ca.KeyStore
 
 	mu      sync.Mutex
 	started bool
@@ -139,7 +143,13 @@ func New(cfg Config) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Node{cfg: cfg, log: cfg.Logger.With("module", "node"), done: make(chan struct{})}, nil
+	keys := &ca.KeyStore{Dir: filepath.Join(cfg.StateDir, "certificates"), Log: cfg.Logger}
+	if cfg.UnlockKey != "" {
+		if keys.UnlockKey, err = ca.ParseUnlockKey(cfg.UnlockKey); err != nil {
+			return nil, fmt.Errorf("--unlock-key: %w", err)
+		}
+	}
+	return &Node{cfg: cfg, log: cfg.Logger.With("module", "node"), keys: keys, done: make(chan struct{})}, nil
 }
 
 // Start takes the state dir, loads or creates the node's identity (a new
@@ -220,6 +230,10 @@ func (n *Node) Start(ctx context.Context) error {
 			return err
 		}
 		ks := n.keyStore()
+		dek, err := n.raftDataKey()
+		if err != nil {
+			return err
+		}
 		mgr, err = manager.New(manager.Config{
 			StateDir:       n.cfg.StateDir,
 			NodeID:         me.NodeID,
@@ -235,6 +249,8 @@ func (n *Node) Start(ctx context.Context) error {
 			TickInterval:   n.cfg.TickInterval,
 			ElectionTick:   n.cfg.ElectionTick,
 			HeartbeatTick:  n.cfg.HeartbeatTick,
+			DataKey:        dek,
+			OnUnlockKey:    n.unlockKeyChanged,
 			Logger:         logger,
 		})
 		if err != nil {

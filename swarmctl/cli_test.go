@@ -168,6 +168,22 @@ func (f *fakeControl) UpdateCluster(_ context.Context, req *api.UpdateClusterReq
 	return &api.UpdateClusterResponse{}, nil
 }
 
+// testUnlockKey is the fake's unlock key while a cluster update turned autolock on.
+const testUnlockKey = "SWMKEY-1-7c37Cc8654o6p38HnroywCi19pllOnGtbdZEgtKxZu8"
+
+func (f *fakeControl) GetUnlockKey(context.Context, *api.GetUnlockKeyRequest) (*api.GetUnlockKeyResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	on := len(f.clusters) > 0 && f.clusters[0].Spec.EncryptionConfig.AutoLockManagers
+	if n := len(f.clusterUpdates); n > 0 {
+		on = f.clusterUpdates[n-1].Spec.EncryptionConfig.AutoLockManagers
+	}
+	if !on {
+		return &api.GetUnlockKeyResponse{}, nil
+	}
+	return &api.GetUnlockKeyResponse{UnlockKey: testUnlockKey}, nil
+}
+
 func (f *fakeControl) GetSecret(_ context.Context, req *api.GetSecretRequest) (*api.GetSecretResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -346,6 +362,29 @@ func TestServiceRollbackAsksForThePreviousSpec(t *testing.T) {
 	}
 }
 
+func TestClusterUnlockKey(t *testing.T) {
+	c := &api.Cluster{ID: "c1", Meta: api.Meta{Version: 12}}
+	f := &fakeControl{clusters: []*api.Cluster{c}}
+	sock := serve(t, f)
+	code, _, errOut := swarmctl(t, sock, "cluster", "unlock-key")
+	if code != 1 || !strings.Contains(errOut, "autolock is off") || !strings.Contains(errOut, "--autolock=true") {
+		t.Fatalf("unlock-key with autolock off: exit %d, stderr %q", code, errOut)
+	}
+	c.Spec.EncryptionConfig.AutoLockManagers = true
+	code, out, errOut := swarmctl(t, sock, "cluster", "unlock-key", "-q")
+	if code != 0 || out != testUnlockKey+"\n" || errOut != "" {
+		t.Fatalf("unlock-key -q: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, _ = swarmctl(t, sock, "cluster", "unlock-key")
+	if code != 0 || !strings.Contains(out, "    swarmd --unlock-key "+testUnlockKey+"\n") {
+		t.Fatalf("unlock-key: exit %d, stdout %q", code, out)
+	}
+	code, out, _ = swarmctl(t, sock, "cluster", "update", "--autolock=false")
+	if code != 0 || strings.Contains(out, "SWMKEY") || !strings.Contains(out, "Autolock is off") {
+		t.Fatalf("autolock off: exit %d, stdout %q", code, out)
+	}
+}
+
 func TestServiceLsAndPsTables(t *testing.T) {
 	f := &fakeControl{
 		services: []*api.Service{service("s1", "web", 1, replicated(2))},
@@ -454,6 +493,9 @@ func TestClusterUpdateSendsSpecAndRotation(t *testing.T) {
 	if u.ClusterVersion != 12 || u.Spec.Orchestration.TaskHistoryRetentionLimit != 10 || !u.Spec.EncryptionConfig.AutoLockManagers ||
 		!u.Rotation.WorkerJoinToken || u.Rotation.ManagerJoinToken || len(u.Spec.CAConfig.ExternalCAs) != 1 || u.Spec.CAConfig.ExternalCAs[0].URL != "https://ca.example:8888" {
 		t.Fatalf("update = %v", u)
+	}
+	if !strings.Contains(out, "swarmd --unlock-key "+testUnlockKey+"\n") {
+		t.Fatalf("turning autolock on did not print the unlock key:\n%s", out)
 	}
 }
 

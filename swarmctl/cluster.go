@@ -44,13 +44,11 @@ func clusterCommand() *cli.Command {
 			},
 			{
 				Name:  "unlock-key",
-				Usage: "print the key that unlocks a locked manager (not available yet)",
+				Usage: "print the key that unlocks a locked manager (autolock)",
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "print only the key"},
 				},
-				Action: func(*cli.Context) error {
-					return errors.New("cluster unlock-key is not implemented yet: the control API has no GetUnlockKey RPC")
-				},
+				Action: clusterUnlockKey,
 			},
 			{
 				Name:  "ca",
@@ -252,6 +250,55 @@ func clusterUpdate(c *cli.Context) error {
 		if change.rotation.ManagerUnlockKey {
 			fmt.Fprintln(w, "Successfully rotated manager unlock key.")
 		}
+		wasLocked := cluster.Spec.EncryptionConfig.AutoLockManagers
+		switch locked := spec.EncryptionConfig.AutoLockManagers; {
+		case locked && (!wasLocked || change.rotation.ManagerUnlockKey):
+			key, err := unlockKey(c, cl)
+			if err != nil {
+				return fmt.Errorf("autolock is on, but the unlock key could not be read (swarmctl cluster unlock-key shows it): %w", err)
+			}
+			fmt.Fprint(w, "\n"+unlockMessage(key))
+		case !locked && wasLocked:
+			fmt.Fprintln(w, "Autolock is off: managers keep their keys unencrypted again and restart without an unlock key.")
+		}
+		return nil
+	})
+}
+
+// unlockKey reads the cluster's unlock key; an empty one means autolock is off.
+func unlockKey(c *cli.Context, cl *client) (string, error) {
+	ctx, cancel := rpcContext(c)
+	defer cancel()
+	resp, err := cl.GetUnlockKey(ctx, &api.GetUnlockKeyRequest{})
+	if err != nil {
+		return "", err
+	}
+	return resp.UnlockKey, nil
+}
+
+// unlockMessage is what unlock-key prints, and cluster update when it makes a key.
+func unlockMessage(key string) string {
+	return "To unlock a locked manager, restart it with:\n\n    swarmd --unlock-key " + key +
+		"\n\nKeep this key safe: a restarted manager does not start without it. swarmctl cluster unlock-key shows it again.\n"
+}
+
+func clusterUnlockKey(c *cli.Context) error {
+	if err := noArgs(c); err != nil {
+		return err
+	}
+	return withClient(c, func(cl *client) error {
+		key, err := unlockKey(c, cl)
+		if err != nil {
+			return err
+		}
+		if key == "" {
+			return errors.New("autolock is off, so this cluster has no unlock key: turn it on with swarmctl cluster update --autolock=true")
+		}
+		if c.Bool("quiet") {
+			fmt.Fprintln(c.App.Writer, key)
+			return nil
+		}
+		fmt.Fprint(c.App.Writer, unlockMessage(key))
 		return nil
 	})
 }

@@ -52,6 +52,7 @@ func main() {
 			&cli.IntFlag{Name: "heartbeat-tick", Usage: "raft ticks between leader heartbeats (default 1)"},
 			&cli.IntFlag{Name: "election-tick", Usage: "raft ticks without a leader before an election (default 10)"},
 			&cli.DurationFlag{Name: "raft-tick", Usage: "duration of one raft tick (default 100ms)"},
+			&cli.StringFlag{Name: "unlock-key", EnvVars: []string{"SWARMD_UNLOCK_KEY"}, Usage: "`KEY` (SWMKEY-1-...) that opens a manager locked by autolock; swarmctl cluster unlock-key on another manager shows it"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: run,
@@ -138,6 +139,7 @@ func run(c *cli.Context) error {
 		TickInterval:        c.Duration("raft-tick"),
 		ElectionTick:        c.Int("election-tick"),
 		HeartbeatTick:       c.Int("heartbeat-tick"),
+		UnlockKey:           c.String("unlock-key"),
 		Logger:              logger,
 	})
 	if err != nil {
