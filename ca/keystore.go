@@ -297,7 +297,29 @@ func (ks *KeyStore) DataKey() (*DataKey, error) {
 		}
 		moduleLogger(ks.Log).Info("created this manager's raft data key", "dir", ks.Dir)
 	}
-	return &DataKey{ID: ks.dek.ID, Key: append([]byte(nil), ks.dek.Key...)}, nil
+	return &DataKey{ID: ks.dek.ID, Key: append([]byte(nil), ks.dek.Key...), LogEncrypted: ks.dek.LogEncrypted}, nil
+}
+
+// MarkLogEncrypted records with the data key that the raft log is encrypted
+// with it (see DataKey.LogEncrypted). It does nothing the second time.
+func (ks *KeyStore) MarkLogEncrypted() error {
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	if err := ks.ensureState(); err != nil {
+		return err
+	}
+	if ks.dek == nil {
+		return errors.New("no raft data key to mark")
+	}
+	if ks.dek.LogEncrypted {
+		return nil
+	}
+	dek := *ks.dek
+	dek.LogEncrypted = true
+	if err := ks.rewriteKeyFile(&dek, ks.kek); err != nil {
+		return fmt.Errorf("record that the raft log is encrypted: %w", err)
+	}
+	return nil
 }
 
 // Lock seals the node key file (and the data key in it) with unlock key k,

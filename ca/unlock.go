@@ -81,6 +81,10 @@ var ErrWrongUnlockKey = errors.New("the unlock key does not open the node key")
 type DataKey struct {
 	ID  uint32
 	Key []byte
+	// LogEncrypted records that the manager's raft log has been opened
+	// encrypted with this key (KeyStore.MarkLogEncrypted): from then on a
+	// plaintext log in its place is refused, not encrypted.
+	LogEncrypted bool
 }
 
 // DataKeySize is the length of DataKey.Key.
@@ -97,6 +101,7 @@ const (
 	hdrSalt        = "salt"
 	hdrDataKey     = "raft-dek"
 	hdrDataKeyID   = "raft-dek-id"
+	hdrLogEnc      = "raft-log-encrypted"
 	kekInfo        = "flotilla node key file v1"
 	lockedKeyAD    = "flotilla locked key: " + NodeKeyFile
 	kekSaltSize    = 16
@@ -121,6 +126,9 @@ func encodeKeyFile(f keyFile, kek UnlockKey) ([]byte, error) {
 		plain.Headers = map[string]string{
 			hdrDataKey:   base64.StdEncoding.EncodeToString(f.dek.Key),
 			hdrDataKeyID: strconv.FormatUint(uint64(f.dek.ID), 10),
+		}
+		if f.dek.LogEncrypted {
+			plain.Headers[hdrLogEnc] = "true"
 		}
 	}
 	clear := pem.EncodeToMemory(plain)
@@ -196,7 +204,7 @@ func decodeKeyFile(data []byte, kek UnlockKey) (keyFile, error) {
 		if err != nil || len(key) != DataKeySize || idErr != nil || id == 0 {
 			return keyFile{}, errors.New("node key file has a damaged raft data key header")
 		}
-		f.dek = &DataKey{ID: uint32(id), Key: key}
+		f.dek = &DataKey{ID: uint32(id), Key: key, LogEncrypted: block.Headers[hdrLogEnc] == "true"}
 	}
 	return f, nil
 }

@@ -160,6 +160,26 @@ func TestLockedKeyFileOpensOnlyWithItsUnlockKey(t *testing.T) {
 	}
 	// An unlock key given for an unlocked file is not needed and does no harm.
 	loadAll(t, dir, k2, newCert, newKey, dek)
+
+	// The mark that the raft log is encrypted survives locking and renewals.
+	if err := ks.MarkLogEncrypted(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.MarkLogEncrypted(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.Lock(k1); err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.SaveNode(cert, key); err != nil {
+		t.Fatal(err)
+	}
+	marked := *dek
+	marked.LogEncrypted = true
+	got := loadAll(t, dir, k1, cert, key, &marked)
+	if d, _ := got.DataKey(); !d.LogEncrypted {
+		t.Fatal("the log-encrypted mark was lost")
+	}
 }
 
 func TestLockedKeyStoreCrashDuringRenewalKeepsLockAndDataKey(t *testing.T) {

@@ -256,6 +256,9 @@ func (n *Node) Start(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if err := n.raftLogOpened(); err != nil {
+			return err
+		}
 		// A manager's own agent reports to the dispatcher like any other.
 		managers = []string{advertise}
 	}

@@ -41,7 +41,17 @@ func (n *Node) raftDataKey() (*raft.DataKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft data key in %s: %w", n.keys.Dir, lockError(err))
 	}
-	return &raft.DataKey{ID: k.ID, Key: k.Key}, nil
+	return &raft.DataKey{ID: k.ID, Key: k.Key, LogEncrypted: k.LogEncrypted}, nil
+}
+
+// raftLogOpened records, once the manager has opened its raft log with the
+// data key, that the log is encrypted: a plaintext log put in its place
+// later is refused.
+func (n *Node) raftLogOpened() error {
+	if err := n.keys.MarkLogEncrypted(); err != nil {
+		return fmt.Errorf("raft data key in %s: %w", n.keys.Dir, lockError(err))
+	}
+	return nil
 }
 
 // unlockKeyChanged seals this manager's keys with the cluster's unlock key,

@@ -34,6 +34,9 @@ type DataKey struct {
 	ID uint32
 	// Key is 32 random bytes (DataKeySize).
 	Key []byte
+	// LogEncrypted says the member's log is known to be encrypted already: a plaintext log found
+	// in its place was put there by someone else and is refused, not encrypted.
+	LogEncrypted bool
 }
 
 // DataKeySize is the length of DataKey.Key.

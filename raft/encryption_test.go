@@ -256,8 +256,21 @@ func TestPlaintextLogIsEncryptedWhenOpenedWithAKey(t *testing.T) {
 	copyDir(t, dir, plain)
 
 	key := newTestDataKey(t, 1)
+	// A member whose log is known to be encrypted refuses a plaintext one in its place.
+	known := *key
+	known.LogEncrypted = true
+	cfg := testConfig(t, dir, newKV())
+	cfg.DataKey = &known
+	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "is not encrypted, but this member's log was") {
+		t.Fatalf("New on a substituted plaintext log = %v, want a refusal", err)
+	}
+	if !hasMarker(t, dir) {
+		t.Fatal("the refused open changed the plaintext log")
+	}
+
 	reopen(t, dir, key)
 	requireNoMarker(t, dir)
+	reopen(t, dir, &known)
 	for _, leftover := range []string{walMigrateSubdir, walPlainSubdir, snapMigrateSubdir} {
 		if _, err := os.Stat(filepath.Join(dir, leftover)); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("%s left behind: %v", leftover, err)

@@ -204,6 +204,11 @@ func openStorage(dir string, id uint64, tornWindow int64, dek *DataKey, lg *slog
 		if s.seal == nil {
 			return s, rec, nil
 		}
+		if dek.LogEncrypted {
+			_ = w.Close()
+			return nil, recovered{}, fmt.Errorf("raft: the log in %s is not encrypted, but this member's log was: "+
+				"it was replaced (from a backup of an earlier version, or by someone else); restore the state dir (certificates/ and raft/ together) from one backup, or replace this member", dir)
+		}
 		if err := s.migrate(id, rec); err != nil {
 			return nil, recovered{}, err
 		}
