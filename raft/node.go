@@ -47,8 +47,38 @@
 //     to be restarted once the operator fixed the disk, and starts with every acknowledged entry.
 //
 // With a single voter the node campaigns as soon as it has applied its log, instead of waiting
-// for an election timeout. The future multi-manager work adds the Transport; Step, Report* and
-// Status are its entry points.
+// for an election timeout.
+//
+// # Several members
+//
+// Config.Transport carries raft's messages: NewGRPCTransport sends them over the Raft gRPC
+// service (api/raft.proto), NewServer receives them for a node. Every message but a snapshot is
+// one unary call; a snapshot of any size is streamed in chunks (1 MiB), each chunk with its own
+// deadline on both sides. Send never blocks the loop: each member has a bounded queue, and a
+// message that does not fit is dropped and the member reported unreachable to raft.
+//
+// Membership (membership.go): AddMember, RemoveMember and TransferLeadership run on the leader;
+// Members and LeaderAddr on any member. A voter's address travels in its ConfChangeAddNode's
+// Context; the addresses and the set of removed raft IDs are replicated state, rebuilt from the
+// applied conf changes and kept across compaction in the snapshot's envelope, and the node tells
+// the transport as it applies them. Removed IDs are never reused; messages from a removed member
+// are refused (it learns it was removed from that, see Removed). A change that would leave fewer
+// reachable members than a quorum is refused (ErrWouldLoseQuorum).
+//
+// # Joining a cluster
+//
+// A new member starts with no Peers and an empty data directory. etcd raft's StartNode panics
+// without peers; what a joining member needs is RestartNode over empty storage, which is what New
+// does here (a RawNode over an empty MemoryStorage, no Bootstrap). Such a member has no
+// configuration, so it is not promotable and never campaigns; it sits at term 0 until the leader
+// contacts it. The leader adds it (AddMember, reached through the Join RPC): once the
+// ConfChangeAddNode is applied, raft probes the new member at the leader's last index, the empty
+// member rejects it with a hint of index 0, and the leader sends its log from index 1 (the
+// bootstrap conf changes onward) or, when that prefix was compacted, a snapshot (MsgSnap). raft
+// makes a member restore only a snapshot whose configuration contains it, so a leader whose log
+// was compacted takes a new snapshot right after applying an AddNode. The new member learns the
+// others' addresses from what it applies, but it must answer the leader before that: whoever
+// starts it first gives its transport the members the Join answer lists (GRPCTransport.SetPeer).
 package raft
 
 import (
@@ -56,6 +86,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -128,6 +160,10 @@ type Config struct {
 	ID    uint64      // this member's raft ID (non-zero)
 	Dir   string      // data directory: holds wal/ and snap/ (created 0700)
 	Peers []raft.Peer // members to bootstrap a NEW log with (ignored when a log exists); empty for a member that joins an existing cluster
+	// Addr is this member's advertised address (host:port). It is recorded in the membership
+	// when this member bootstraps a new cluster, and a leader whose recorded address differs
+	// updates it.
+	Addr string
 
 	TickInterval  time.Duration
 	ElectionTick  int
@@ -146,7 +182,9 @@ type Config struct {
 
 	Logger       *slog.Logger
 	StateMachine StateMachine
-	Transport    Transport
+	// Transport sends messages to the other members; a PeerTransport is told their addresses.
+	// A *GRPCTransport serves this node only: Run closes it when it returns.
+	Transport Transport
 }
 
 // Leadership is this node's view of who leads.
@@ -205,6 +243,13 @@ type Node struct {
 	lead         uint64
 	readyTerm    uint64 // term in which this node, as leader, applied an entry of its own
 	campaigned   bool
+	mem          membership
+
+	members     atomic.Pointer[[]Member]
+	reports     *reports
+	confMu      sync.Mutex // one membership change at a time from this node
+	removedc    chan struct{}
+	removedOnce sync.Once
 }
 
 type request struct {
@@ -251,6 +296,12 @@ func New(cfg Config) (*Node, error) {
 		ids:           newRequestIDs(),
 		waiters:       newWaiters(),
 		raftState:     raft.StateFollower,
+		mem:           newMembership(),
+		reports:       newReports(),
+		removedc:      make(chan struct{}),
+	}
+	if t, ok := cfg.Transport.(*GRPCTransport); ok {
+		t.bind(n)
 	}
 	n.snapshotInterval.Store(cfg.SnapshotInterval)
 	if err := n.restore(rec); err != nil {
@@ -269,7 +320,11 @@ func setDefault[T comparable](v *T, def T) {
 
 func (n *Node) restore(rec recovered) error {
 	if sn := rec.snapshot; sn != nil {
-		if err := n.sm.Restore(sn.Data); err != nil {
+		members, data, err := decodeSnapshot(sn.Data)
+		if err != nil {
+			return fmt.Errorf("raft: snapshot %d: %w", sn.Metadata.Index, err)
+		}
+		if err := n.sm.Restore(data); err != nil {
 			return fmt.Errorf("raft: restore the state machine from snapshot %d: %w", sn.Metadata.Index, err)
 		}
 		if err := n.ms.ApplySnapshot(*sn); err != nil {
@@ -277,6 +332,7 @@ func (n *Node) restore(rec recovered) error {
 		}
 		n.confState = sn.Metadata.ConfState
 		n.appliedIndex, n.snapIndex, n.snapAttempt = sn.Metadata.Index, sn.Metadata.Index, sn.Metadata.Index
+		n.restoreMembership(members, n.confState)
 	}
 	if err := n.ms.SetHardState(rec.hs); err != nil {
 		return fmt.Errorf("raft: load hard state: %w", err)
@@ -304,7 +360,13 @@ func (n *Node) restore(rec recovered) error {
 	lastIndex, _ := n.ms.LastIndex()
 	if rec.empty() {
 		if len(n.cfg.Peers) > 0 {
-			if err := rn.Bootstrap(n.cfg.Peers); err != nil {
+			peers := slices.Clone(n.cfg.Peers)
+			for i, p := range peers {
+				if p.ID == n.id && len(p.Context) == 0 && n.cfg.Addr != "" {
+					peers[i].Context = []byte(n.cfg.Addr)
+				}
+			}
+			if err := rn.Bootstrap(peers); err != nil {
 				return fmt.Errorf("raft: bootstrap: %w", err)
 			}
 		}
@@ -317,6 +379,7 @@ func (n *Node) restore(rec recovered) error {
 	n.committed.Store(max(rec.hs.Commit, n.snapIndex))
 	n.applied.Set(n.appliedIndex)
 	n.leadership.Set(Leadership{Term: n.term})
+	n.publishMembers()
 	st := rn.Status()
 	n.lastStatus.Store(&st)
 	return nil
@@ -344,6 +407,9 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		n.leadership.Set(Leadership{Term: n.term})
 		close(n.done)
+		if t, ok := n.cfg.Transport.(*GRPCTransport); ok {
+			t.close()
+		}
 	}()
 
 	n.maybeCampaign()
@@ -360,6 +426,12 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-ticks:
 			if n.Err() == nil {
 				n.rn.Tick()
+				n.mem.ticks++
+				n.publishMembers()
+			}
+		case <-n.reports.signal:
+			if n.Err() == nil {
+				n.handleReports()
 			}
 		case p := <-n.propc:
 			n.propose(p)
@@ -409,6 +481,7 @@ func (n *Node) handleReady() error {
 	if rd.SoftState != nil {
 		lostLeadership = n.raftState == raft.StateLeader && rd.SoftState.RaftState != raft.StateLeader
 		n.raftState, n.lead = rd.SoftState.RaftState, rd.SoftState.Lead
+		n.publishMembers()
 	}
 	n.publishLeadership()
 
@@ -431,6 +504,7 @@ func (n *Node) handleReady() error {
 	if err := n.ms.Append(rd.Entries); err != nil {
 		return fmt.Errorf("raft: append to memory storage: %w", err)
 	}
+	n.checkPendingConfChange(rd.Entries)
 	if n.cfg.Transport != nil && len(rd.Messages) > 0 {
 		n.cfg.Transport.Send(rd.Messages)
 	}
@@ -444,6 +518,7 @@ func (n *Node) handleReady() error {
 	if err := n.maybeSnapshot(); err != nil {
 		return err
 	}
+	n.maybeUpdateOwnAddr()
 	n.rn.Advance(rd)
 	n.maybeCampaign()
 	return nil
@@ -455,13 +530,18 @@ func (n *Node) installSnapshot(sn raftpb.Snapshot) error {
 	if err := n.st.sync(); err != nil {
 		return err
 	}
+	members, data, err := decodeSnapshot(sn.Data)
+	if err != nil {
+		return fmt.Errorf("raft: snapshot %d from the leader: %w", sn.Metadata.Index, err)
+	}
 	if err := n.ms.ApplySnapshot(sn); err != nil {
 		return fmt.Errorf("raft: install snapshot %d: %w", sn.Metadata.Index, err)
 	}
-	if err := n.sm.Restore(sn.Data); err != nil {
+	if err := n.sm.Restore(data); err != nil {
 		return fmt.Errorf("raft: restore the state machine from snapshot %d: %w", sn.Metadata.Index, err)
 	}
 	n.confState = sn.Metadata.ConfState
+	n.restoreMembership(members, n.confState)
 	n.appliedIndex, n.snapIndex, n.snapAttempt = sn.Metadata.Index, sn.Metadata.Index, sn.Metadata.Index
 	n.applied.Set(n.appliedIndex)
 	n.st.release()
@@ -526,13 +606,16 @@ func (n *Node) applyEntry(e raftpb.Entry) (*outcome, error) {
 		if err := cc.Unmarshal(e.Data); err != nil {
 			return nil, fmt.Errorf("raft: entry %d: decode conf change: %w", e.Index, err)
 		}
-		n.confState = *n.rn.ApplyConfChange(cc)
+		return n.applyConfChange(e.Index, cc), nil
 	case raftpb.EntryConfChangeV2:
 		var cc raftpb.ConfChangeV2
 		if err := cc.Unmarshal(e.Data); err != nil {
 			return nil, fmt.Errorf("raft: entry %d: decode conf change: %w", e.Index, err)
 		}
 		n.confState = *n.rn.ApplyConfChange(cc)
+		for _, ch := range cc.Changes { // this package writes V1 changes only
+			n.applyMembership(raftpb.ConfChange{Type: ch.Type, NodeID: ch.NodeID, Context: cc.Context})
+		}
 	}
 	return nil, nil
 }
@@ -549,9 +632,11 @@ func (n *Node) publishLeadership() {
 }
 
 func (n *Node) maybeSnapshot() error {
-	if n.appliedIndex-max(n.snapIndex, n.snapAttempt) < n.snapshotInterval.Load() {
+	force := n.mem.forceSnapshot && n.appliedIndex > n.snapIndex
+	if n.appliedIndex-max(n.snapIndex, n.snapAttempt) < n.snapshotInterval.Load() && !force {
 		return nil
 	}
+	n.mem.forceSnapshot = false
 	n.snapAttempt = n.appliedIndex
 	data, err := n.sm.Snapshot()
 	if err != nil {
@@ -559,7 +644,7 @@ func (n *Node) maybeSnapshot() error {
 			"applied", n.appliedIndex, "err", err)
 		return nil
 	}
-	sn, err := n.ms.CreateSnapshot(n.appliedIndex, &n.confState, data)
+	sn, err := n.ms.CreateSnapshot(n.appliedIndex, &n.confState, n.mem.encodeSnapshot(data))
 	if err != nil {
 		return fmt.Errorf("raft: create snapshot at %d: %w", n.appliedIndex, err)
 	}
@@ -675,15 +760,9 @@ func (n *Node) inLoop(ctx context.Context, fn func() error) error {
 	}
 }
 
-// Step hands a message received from a peer to raft (for the transport).
-func (n *Node) Step(ctx context.Context, m raftpb.Message) error {
-	return n.inLoop(ctx, func() error {
-		if err := n.Err(); err != nil {
-			return err
-		}
-		return n.rn.Step(m)
-	})
-}
+// Step hands a message received from a peer to raft (for the transport). A message for another
+// raft ID, or from a removed member (ErrMemberRemoved), is dropped with an error.
+func (n *Node) Step(ctx context.Context, m raftpb.Message) error { return n.receive(ctx, m) }
 
 // ReportUnreachable tells raft that a message to member id could not be sent (for the transport).
 func (n *Node) ReportUnreachable(ctx context.Context, id uint64) error {
