@@ -11,6 +11,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/ca"
 	"github.com/flotilla/flotilla/manager/store"
+	"github.com/flotilla/flotilla/raft"
 )
 
 var (
@@ -38,6 +39,10 @@ func remotePolicy() ca.Policy {
 		"/grpc.health.v1.Health/Check":                {AllowAnonymous: true},
 		"/grpc.health.v1.Health/Watch":                {AllowAnonymous: true},
 		"/grpc.health.v1.Health/List":                 {AllowAnonymous: true},
+	}
+	// Raft messages and membership: managers only.
+	for _, m := range []string{"ProcessRaftMessage", "StreamRaftMessage", "Join", "Leave"} {
+		p["/flotilla.api.Raft/"+m] = ca.Rule{Roles: managers}
 	}
 	for _, m := range api.ControlServiceMethods() {
 		p["/flotilla.api.Control/"+m] = ca.Rule{Roles: managers}
@@ -72,5 +77,6 @@ func registerRemote(s *grpc.Server, m *Manager) {
 	api.RegisterWatchServer(s, m.watch)
 	api.RegisterLogsServer(s, m.logs)
 	api.RegisterLogBrokerServer(s, m.logs)
+	api.RegisterRaftServer(s, raft.NewServer(m.raft))
 	healthpb.RegisterHealthServer(s, m.health)
 }
