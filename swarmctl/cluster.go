@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -230,7 +231,7 @@ func clusterUpdate(c *cli.Context) error {
 		change.apply(spec)
 		ctx, cancel := rpcContext(c)
 		defer cancel()
-		_, err = cl.UpdateCluster(ctx, &api.UpdateClusterRequest{
+		updated, err := cl.UpdateCluster(ctx, &api.UpdateClusterRequest{
 			ClusterID:      cluster.ID,
 			ClusterVersion: cluster.Meta.Version,
 			Spec:           spec,
@@ -253,9 +254,13 @@ func clusterUpdate(c *cli.Context) error {
 		wasLocked := cluster.Spec.EncryptionConfig.AutoLockManagers
 		switch locked := spec.EncryptionConfig.AutoLockManagers; {
 		case locked && (!wasLocked || change.rotation.ManagerUnlockKey):
-			key, err := unlockKey(c, cl)
+			var version uint64
+			if updated.Cluster != nil {
+				version = updated.Cluster.Meta.Version
+			}
+			key, err := newUnlockKey(c, cl, version)
 			if err != nil {
-				return fmt.Errorf("autolock is on, but the unlock key could not be read (swarmctl cluster unlock-key shows it): %w", err)
+				return fmt.Errorf("autolock is on, but the new unlock key could not be read (swarmctl cluster unlock-key shows it): %w", err)
 			}
 			fmt.Fprint(w, "\n"+unlockMessage(key))
 		case !locked && wasLocked:
@@ -274,6 +279,27 @@ func unlockKey(c *cli.Context, cl *client) (string, error) {
 		return "", err
 	}
 	return resp.UnlockKey, nil
+}
+
+// newUnlockKey reads the unlock key as of cluster version (or later): a
+// manager that serves reads locally may not have applied the update yet.
+func newUnlockKey(c *cli.Context, cl *client, version uint64) (string, error) {
+	ctx, cancel := rpcContext(c)
+	defer cancel()
+	for {
+		resp, err := cl.GetUnlockKey(ctx, &api.GetUnlockKeyRequest{})
+		if err != nil {
+			return "", err
+		}
+		if resp.ClusterVersion >= version && resp.UnlockKey != "" {
+			return resp.UnlockKey, nil
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("this manager has not applied the update yet: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // unlockMessage is what unlock-key prints, and cluster update when it makes a key.
