@@ -326,6 +326,7 @@ func (s *storage) finishMigration() error {
 	tmpWAL := filepath.Join(s.dir, walMigrateSubdir)
 	plain := filepath.Join(s.dir, walPlainSubdir)
 	_ = os.RemoveAll(filepath.Join(s.dir, snapMigrateSubdir))
+	_ = os.RemoveAll(tmpWAL + ".tmp") // wal.Create's own staging directory
 	if _, err := os.Stat(tmpWAL); err == nil {
 		if wal.Exist(s.walDir) {
 			// The encrypted copy was not finished: the plaintext log is still in place.
