@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -58,9 +59,24 @@ func (m *Manager) clusterID() string { return m.cfg.ClusterID }
 
 // memberCheck refuses certificates of nodes the cluster no longer knows
 // (removed nodes keep a valid certificate until it expires).
+// raftServicePrefix prefixes the full names of the Raft service's methods.
+var raftServicePrefix = "/" + api.RaftServiceName() + "/"
+
 func (m *Manager) memberCheck(ctx context.Context, id ca.NodeIdentity) error {
+	if method, _ := grpc.Method(ctx); strings.HasPrefix(method, raftServicePrefix) {
+		// Raft's own membership decides who may talk raft: a manager
+		// joining has an empty store and must hear from members it does
+		// not know yet.
+		return nil
+	}
 	var member bool
 	m.store.View(func(tx store.ReadTx) { member = store.Exists(tx, api.KindNode, id.NodeID) })
+	if !member && !m.raft.IsLeader() {
+		// Only the leader's store is known to be current: a follower may
+		// not have caught up with a node that just joined.
+		return status.Errorf(codes.Unavailable,
+			"node %s is not known to this manager yet (it is not the leader and may be behind); connect to the leader", id.NodeID)
+	}
 	if !member {
 		// NotFound, not PermissionDenied: agents stop on it instead of retrying.
 		return status.Errorf(codes.NotFound,
@@ -77,6 +93,6 @@ func registerRemote(s *grpc.Server, m *Manager) {
 	api.RegisterWatchServer(s, m.watch)
 	api.RegisterLogsServer(s, m.logs)
 	api.RegisterLogBrokerServer(s, m.logs)
-	api.RegisterRaftServer(s, raft.NewServer(m.raft))
+	api.RegisterRaftServer(s, raftService{RaftServer: raft.NewServer(m.raft), m: m})
 	healthpb.RegisterHealthServer(s, m.health)
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -52,6 +53,10 @@ type Config struct {
 	RootKeyStored func()
 	// Credentials are this node's TLS identity for the remote API.
 	Credentials *ca.Credentials
+	// JoinAddrs, for a manager that joined the cluster and has no raft log
+	// yet, are managers to ask to add it to raft (the join address first).
+	// Empty: a new cluster's first manager, or a manager with a log.
+	JoinAddrs []string
 	// NodeID is this node's ID; RaftID its raft member ID.
 	NodeID string
 	RaftID uint64
@@ -96,6 +101,14 @@ type Manager struct {
 	scheduler  *scheduler.Scheduler
 	logs       *logbroker.Broker
 	ready      chan struct{}
+	readyOnce  sync.Once
+	transport  *raft.GRPCTransport
+	forward    *forwarder
+	// joining: this manager has no raft log yet and asks JoinAddrs to add it.
+	joining bool
+	// newManagers are managers raft added (node ID -> status) whose node
+	// the membership sync has yet to record.
+	newManagers sync.Map
 }
 
 // New opens (or creates) the manager's raft state and restores the store.
@@ -112,10 +125,18 @@ func New(cfg Config) (*Manager, error) {
 	}
 	var err error
 	m.store = store.New(proposer{m})
+	raftDir := filepath.Join(cfg.StateDir, "raft")
+	peers := []etcdraft.Peer{{ID: cfg.RaftID}}
+	if m.joining = len(cfg.JoinAddrs) > 0 && !hasRaftLog(raftDir); m.joining {
+		peers = nil // added by the leader, which sends the log
+	}
+	m.transport = raft.NewGRPCTransport(raft.TransportConfig{Dial: m.dialManager, Logger: cfg.Logger})
 	m.raft, err = raft.New(raft.Config{
 		ID:            cfg.RaftID,
-		Dir:           filepath.Join(cfg.StateDir, "raft"),
-		Peers:         []etcdraft.Peer{{ID: cfg.RaftID}},
+		Dir:           raftDir,
+		Peers:         peers,
+		Addr:          cfg.AdvertiseAddr,
+		Transport:     m.transport,
 		TickInterval:  cfg.TickInterval,
 		ElectionTick:  cfg.ElectionTick,
 		HeartbeatTick: cfg.HeartbeatTick,
@@ -125,6 +146,14 @@ func New(cfg Config) (*Manager, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	m.forward = &forwarder{
+		isLeader:    m.raft.IsLeader,
+		leaderAddr:  m.raft.LeaderAddr,
+		applied:     m.raft.AppliedIndex,
+		waitApplied: m.raft.WaitApplied,
+		dial:        m.dialManager,
+		log:         m.log,
 	}
 	m.control = controlapi.NewServer(m.store, unavailable)
 	m.watch = watchapi.NewServer(m.store)
@@ -174,24 +203,69 @@ func (m *Manager) managerPeers() []*api.WeightedPeer {
 	return out
 }
 
-// leaderAddr is the leader's remote API address, "" when unknown.
-func (m *Manager) leaderAddr() string {
-	if peers := m.managerPeers(); len(peers) > 0 && m.isLeaderPeer(peers[0]) {
-		return peers[0].Addr
+// markReady closes Ready, once.
+func (m *Manager) markReady() { m.readyOnce.Do(func() { close(m.ready) }) }
+
+// followerReady closes Ready for a manager that follows: once a leader is
+// known and this manager's store holds the cluster (it has caught up far
+// enough to serve reads and forward writes). It returns then, or when ctx
+// ends.
+func (m *Manager) followerReady(ctx context.Context) error {
+	for {
+		var has bool
+		m.store.View(func(tx store.ReadTx) { n, _ := store.Count(tx, api.KindCluster, store.All()); has = n > 0 })
+		if has && m.raft.Leader() != 0 {
+			m.markReady()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.ready:
+			return nil
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return ""
 }
 
-// isLeaderPeer reports whether the store marks p's node as the leader.
-func (m *Manager) isLeaderPeer(p *api.WeightedPeer) bool {
-	var leader bool
-	m.store.View(func(tx store.ReadTx) {
-		if n := store.Get[*api.Node](tx, p.NodeID); n != nil && n.ManagerStatus != nil {
-			leader = n.ManagerStatus.Leader
-		}
-	})
-	return leader
+// dialManager opens an mTLS connection to another manager's remote API.
+func (m *Manager) dialManager(_ context.Context, addr string) (*grpc.ClientConn, error) {
+	if m.cfg.Credentials == nil {
+		return nil, errors.New("manager: no TLS credentials to reach other managers")
+	}
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(m.cfg.Credentials.ClientTLSConfig())),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(api.MaxControlMessageBytes)))
 }
+
+// hasRaftLog reports whether dir holds a raft log (this member has been
+// part of a cluster).
+func hasRaftLog(dir string) bool {
+	entries, err := os.ReadDir(filepath.Join(dir, "wal"))
+	return err == nil && len(entries) > 0
+}
+
+// join asks the managers at JoinAddrs to add this manager to raft, then
+// tells the transport where the members are (the leader then sends the
+// log or a snapshot).
+func (m *Manager) join(ctx context.Context) error {
+	resp, err := m.joinRaft(ctx, m.cfg.JoinAddrs)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("join the managers: %w", err)
+	}
+	for _, mem := range resp.Members {
+		if mem.RaftID != m.cfg.RaftID {
+			m.transport.SetPeer(mem.RaftID, mem.Addr)
+		}
+	}
+	m.log.Info("joined the managers", "members", len(resp.Members), "leader", fmt.Sprintf("%x", resp.Leader))
+	return nil
+}
+
+// leaderAddr is the leader's remote API address, "" when unknown.
+func (m *Manager) leaderAddr() string { return m.raft.LeaderAddr() }
 
 // proposer lets the store be built before the raft node it proposes to.
 type proposer struct{ m *Manager }
@@ -228,7 +302,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	local := grpc.NewServer()
+	local := grpc.NewServer(grpc.ChainUnaryInterceptor(m.forward.unary))
 	api.RegisterControlServer(local, m.control)
 	api.RegisterWatchServer(local, m.watch)
 	api.RegisterLogsServer(local, m.logs)
@@ -243,7 +317,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		policy := remotePolicy()
 		remote = grpc.NewServer(
 			grpc.Creds(credentials.NewTLS(m.cfg.Credentials.ServerTLSConfig())),
-			grpc.ChainUnaryInterceptor(ca.UnaryAuthorizer(policy, m.clusterID, m.memberCheck, m.log)),
+			grpc.ChainUnaryInterceptor(ca.UnaryAuthorizer(policy, m.clusterID, m.memberCheck, m.log), m.forward.unary),
 			grpc.ChainStreamInterceptor(ca.StreamAuthorizer(policy, m.clusterID, m.memberCheck, m.log)),
 		)
 		registerRemote(remote, m)
@@ -266,6 +340,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return m.leadership(gctx) })
+	g.Go(func() error { return m.followerReady(gctx) })
+	if m.joining {
+		g.Go(func() error { return m.join(gctx) })
+	}
 	g.Go(func() error { return m.applyClusterSettings(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
@@ -308,6 +386,7 @@ func (m *Manager) leaderLoops() []func(context.Context) error {
 		m.reaper.Run,
 		m.scheduler.Run,
 		m.logs.Run,
+		m.syncMembership,
 	}
 }
 
@@ -407,11 +486,7 @@ func (m *Manager) runLeader(ctx context.Context) error {
 		return err
 	}
 	m.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	select {
-	case <-m.ready:
-	default:
-		close(m.ready)
-	}
+	m.markReady()
 	m.log.Info("leading the cluster", "raft.id", fmt.Sprintf("%x", m.cfg.RaftID))
 	// Every leader-only loop runs under this group: one that fails ends the
 	// term's run, and Manager.leadership turns that into a failed manager.

@@ -238,6 +238,7 @@ func (n *Node) Start(ctx context.Context) error {
 			StateDir:       n.cfg.StateDir,
 			NodeID:         me.NodeID,
 			RaftID:         id.state.RaftID,
+			JoinAddrs:      id.state.Managers,
 			ClusterID:      me.ClusterID,
 			RootCA:         rca,
 			RootKeyStored:  func() { _ = ks.RemoveRootKey() },

@@ -140,9 +140,9 @@ func (s *Server) join(ctx context.Context, req *api.IssueNodeCertificateRequest)
 	case ca.MatchToken(req.Token, c.RootCA.JoinTokens.Worker):
 		role = api.NodeRoleWorker
 	case ca.MatchToken(req.Token, c.RootCA.JoinTokens.Manager):
-		s.log.Warn("join refused: joining as a manager is not supported yet", "peer", peerAddr(ctx))
-		return nil, status.Error(codes.FailedPrecondition,
-			"joining as a manager is not supported yet by this version: join with the worker token")
+		// The new manager then asks the leader to add it to raft
+		// (Raft.Join), which checks this role.
+		role = api.NodeRoleManager
 	default:
 		s.log.Warn("join refused: invalid token", "peer", peerAddr(ctx))
 		return nil, status.Error(codes.PermissionDenied,

@@ -98,7 +98,6 @@ func TestJoinRefusals(t *testing.T) {
 		{"malformed token", &api.IssueNodeCertificateRequest{CSR: csr(t), Token: "SWMTKN-1-nope"}, codes.InvalidArgument, "malformed"},
 		{"foreign token", &api.IssueNodeCertificateRequest{CSR: csr(t), Token: foreign}, codes.PermissionDenied, "not valid for this cluster"},
 		{"rotated token", &api.IssueNodeCertificateRequest{CSR: csr(t), Token: rotated}, codes.PermissionDenied, "rotated"},
-		{"manager token", &api.IssueNodeCertificateRequest{CSR: csr(t), Token: f.c.RootCA.JoinTokens.Manager}, codes.FailedPrecondition, "manager"},
 		{"garbage CSR", &api.IssueNodeCertificateRequest{CSR: []byte("junk"), Token: f.c.RootCA.JoinTokens.Worker}, codes.InvalidArgument, "cannot sign"},
 		{"no token, no certificate", &api.IssueNodeCertificateRequest{CSR: csr(t)}, codes.Unauthenticated, "join token"},
 	} {
@@ -113,6 +112,25 @@ func TestJoinRefusals(t *testing.T) {
 	f.store.View(func(tx store.ReadTx) { nodes, _ = store.Find[*api.Node](tx, store.All()) })
 	if len(nodes) != 0 {
 		t.Fatalf("refused joins left %d nodes", len(nodes))
+	}
+}
+
+// The manager token makes a manager: its certificate says so, and so does
+// its node (it then joins raft through the leader).
+func TestManagerTokenJoinsAManager(t *testing.T) {
+	f := newFixture(t)
+	resp, err := f.s.IssueNodeCertificate(context.Background(), &api.IssueNodeCertificateRequest{CSR: csr(t), Token: f.c.RootCA.JoinTokens.Manager})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := ca.ParseNodeCertificate(resp.Certificate)
+	if err != nil || id.Role != api.NodeRoleManager || resp.Role != api.NodeRoleManager {
+		t.Fatalf("certificate %+v (%v), response role %v; want a manager", id, err, resp.Role)
+	}
+	var node *api.Node
+	f.store.View(func(tx store.ReadTx) { node = store.Get[*api.Node](tx, resp.NodeID) })
+	if node == nil || node.Role != api.NodeRoleManager || node.Spec.DesiredRole != api.NodeRoleManager {
+		t.Fatalf("node %+v, want a manager", node)
 	}
 }
 
