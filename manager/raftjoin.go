@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -75,8 +76,8 @@ func (m *Manager) joinRaft(ctx context.Context, addrs []string) (*api.JoinRespon
 		if err == nil {
 			return resp, nil
 		}
-		if s, ok := status.FromError(err); ok && (s.Code() == codes.PermissionDenied || s.Code() == codes.FailedPrecondition) {
-			return nil, fmt.Errorf("join raft through %s: %s", addr, s.Message())
+		if joinRefused(err) {
+			return nil, fmt.Errorf("join raft through %s: %s", addr, status.Convert(err).Message())
 		}
 		if leader != "" && leader != addr {
 			next = leader // the leader next, at once
@@ -90,6 +91,25 @@ func (m *Manager) joinRaft(ctx context.Context, addrs []string) (*api.JoinRespon
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+}
+
+// joinRefused reports whether a join failed for good: this node may not
+// join (not a manager, its raft ID was removed or differs). Anything else,
+// such as a change that would lose quorum while another manager is still
+// joining, is retried.
+func joinRefused(err error) bool {
+	s, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch s.Code() {
+	case codes.PermissionDenied:
+		return true
+	case codes.FailedPrecondition:
+		msg := s.Message()
+		return strings.Contains(msg, "removed") || strings.Contains(msg, "already a manager") || strings.Contains(msg, "without a transport")
+	}
+	return false
 }
 
 func (m *Manager) tryJoin(ctx context.Context, addr string) (resp *api.JoinResponse, leader string, err error) {

@@ -78,7 +78,7 @@ func printManagerHelp(ctx context.Context, n *node.Node) {
 		return
 	}
 	fmt.Fprintf(os.Stdout, "To add a worker to this cluster, run on it:\n\n    swarmd --join-addr %s --join-token %s\n\n", addr, tokens.Worker)
-	fmt.Fprintf(os.Stdout, "To add a manager (not supported by this version yet), the token is:\n\n    swarmd --join-addr %s --join-token %s\n\n", addr, tokens.Manager)
+	fmt.Fprintf(os.Stdout, "To add a manager to this cluster, run on it:\n\n    swarmd --join-addr %s --join-token %s\n\n", addr, tokens.Manager)
 }
 
 // joinInfo reads the join tokens and this manager's address.

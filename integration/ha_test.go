@@ -1,0 +1,153 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// managerRow is what the HA tests read of `node ls --format json`.
+type managerRow struct {
+	ID            string                    `json:"id"`
+	Desc          struct{ Hostname string } `json:"description"`
+	Status        struct{ State string }    `json:"status"`
+	ManagerStatus *struct {
+		Addr         string `json:"addr"`
+		Leader       bool   `json:"leader"`
+		Reachability string `json:"reachability"`
+	} `json:"managerStatus"`
+}
+
+func (d *swarmd) managerRows() ([]managerRow, error) {
+	out, _, err := d.ctl("node", "ls", "--format", "json")
+	if err != nil {
+		return nil, err
+	}
+	var rows []managerRow
+	return rows, json.Unmarshal([]byte(out), &rows)
+}
+
+// waitManagers polls d until check accepts the managers it lists.
+func (d *swarmd) waitManagers(what string, within time.Duration, check func(map[string]managerRow) bool) map[string]managerRow {
+	d.t.Helper()
+	deadline := time.Now().Add(within)
+	var last map[string]managerRow
+	for time.Now().Before(deadline) {
+		if rows, err := d.managerRows(); err == nil {
+			last = map[string]managerRow{}
+			for _, r := range rows {
+				if r.ManagerStatus != nil {
+					last[r.Desc.Hostname] = r
+				}
+			}
+			if check(last) {
+				return last
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.t.Fatalf("%s: not within %s; managers: %+v", what, within, last)
+	return nil
+}
+
+// leaderOf names the manager marked leader, "" if none.
+func leaderOf(ms map[string]managerRow) string {
+	for h, m := range ms {
+		if m.ManagerStatus.Leader {
+			return h
+		}
+	}
+	return ""
+}
+
+// Three managers (the second and third join with the manager token): every
+// manager serves the control API (writes on followers reach the leader and
+// are visible there at once); killing the leader elects another that takes
+// writes, tasks keep running, no node is marked DOWN by the failover, and
+// the old leader rejoins as a follower when it comes back.
+func TestThreeManagersSurviveLeaderLoss(t *testing.T) {
+	m1, addr := startManager(t, "m1")
+	token := strings.TrimSpace(m1.mustCtl("cluster", "join-token", "-q", "manager"))
+	managers := map[string]*swarmd{"m1": m1}
+	for _, h := range []string{"m2", "m3"} {
+		managers[h] = startSwarmd(t, t.TempDir(), "--hostname", h, "--join-addr", addr, "--join-token", token)
+	}
+	for _, h := range []string{"m2", "m3"} {
+		managers[h].waitReady()
+	}
+	all := func(ms map[string]managerRow) bool {
+		if len(ms) != 3 || leaderOf(ms) == "" {
+			return false
+		}
+		for _, m := range ms {
+			if m.Status.State != "READY" || m.ManagerStatus.Reachability != "REACHABLE" {
+				return false
+			}
+		}
+		return true
+	}
+	first := m1.waitManagers("three reachable managers", 30*time.Second, all)
+	if leaderOf(first) != "m1" {
+		t.Fatalf("leader is %s, want m1", leaderOf(first))
+	}
+
+	// A write on a follower is forwarded, and the follower reads it at once.
+	managers["m2"].mustCtl("service", "create", "--name", "web", "--replicas", "6", "--image", "busybox", "--", "sleep", "1d")
+	if out := managers["m2"].mustCtl("service", "ls"); !strings.Contains(out, " web ") {
+		t.Fatalf("the follower does not see its own write:\n%s", out)
+	}
+	managers["m3"].waitRunning("web", 6, 30*time.Second, func(per map[string]int) bool { return len(per) == 3 })
+
+	// Kill the leader: a survivor takes writes within seconds.
+	killed := time.Now()
+	_ = syscall.Kill(m1.cmd.Process.Pid, syscall.SIGKILL)
+	<-m1.exited
+	var took time.Duration
+	for i := 0; ; i++ {
+		if _, _, err := managers["m2"].ctl("service", "create", "--name", fmt.Sprintf("after%d", i), "--image", "busybox", "--", "sleep", "1d"); err == nil {
+			took = time.Since(killed)
+			break
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatal("no write acknowledged by a survivor 30s after the leader was killed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("first write acknowledged by a survivor %s after the leader was killed", took.Round(time.Millisecond))
+	after := managers["m3"].waitManagers("a new leader", 30*time.Second, func(ms map[string]managerRow) bool {
+		l := leaderOf(ms)
+		return l == "m2" || l == "m3"
+	})
+	if after["m1"].ManagerStatus.Reachability != "UNREACHABLE" {
+		t.Errorf("the killed leader is %s, want UNREACHABLE", after["m1"].ManagerStatus.Reachability)
+	}
+	// The survivors' tasks kept running; the failover itself marked no
+	// survivor DOWN.
+	for h, m := range after {
+		if h != "m1" && m.Status.State != "READY" {
+			t.Errorf("%s is %s after the failover", h, m.Status.State)
+		}
+	}
+
+	// The old leader comes back as a follower and catches up.
+	managers["m1"] = startSwarmd(t, m1.stateDir, "--hostname", "m1", "--listen-remote-api", addr)
+	managers["m1"].waitReady()
+	back := managers["m2"].waitManagers("m1 back", 30*time.Second, all)
+	if leaderOf(back) == "m1" {
+		t.Logf("m1 leads again (it won an election)")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _, _ := managers["m1"].ctl("service", "ls", "-q")
+		if strings.Count(out, "\n") >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("m1 did not catch up with the services made while it was down: %q", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
