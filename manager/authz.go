@@ -42,7 +42,7 @@ func remotePolicy() ca.Policy {
 		"/grpc.health.v1.Health/List":                 {AllowAnonymous: true},
 	}
 	// Raft messages and membership: managers only.
-	for _, m := range []string{"ProcessRaftMessage", "StreamRaftMessage", "Join", "Leave"} {
+	for _, m := range []string{"ProcessRaftMessage", "ProcessRaftMessages", "StreamRaftMessage", "Join", "Leave"} {
 		p["/flotilla.api.Raft/"+m] = ca.Rule{Roles: managers}
 	}
 	for _, m := range api.ControlServiceMethods() {

@@ -31,6 +31,8 @@ var (
 	ErrUnknownMember = errors.New("raft: no member has this raft ID")
 	// errConfChangePending: raft refused a conf change because another one is not applied yet.
 	errConfChangePending = errors.New("raft: another membership change is in progress")
+	// errReachabilityUnknown: this node became leader too recently to know who is reachable.
+	errReachabilityUnknown = errors.New("raft: the leader is too new to know which members are reachable")
 )
 
 // Member is one manager in the raft membership.
@@ -57,6 +59,8 @@ type membership struct {
 	// (raft silently replaces a refused conf change with an empty entry).
 	pendingCC uint64
 	addrTerm  uint64 // term in which this node, as leader, checked its own address
+	// leaderSince is the tick at which this node last became leader.
+	leaderSince uint64
 	// forceSnapshot: a member was added; snapshot at the next applied entry (see applyMembership).
 	forceSnapshot bool
 }
@@ -328,6 +332,10 @@ func (n *Node) quorumAfter(voters []uint64, change string) error {
 	if reachable >= need {
 		return nil
 	}
+	if n.mem.ticks-n.mem.leaderSince <= uint64(n.cfg.ElectionTick) {
+		// A new leader has not heard from every member yet: ask again in a tick.
+		return errReachabilityUnknown
+	}
 	return fmt.Errorf("%w: %s would leave %d of %d managers reachable and needs %d for a quorum; bring the unreachable managers back (or remove an unreachable one) first",
 		ErrWouldLoseQuorum, change, reachable, len(voters), need)
 }
@@ -456,6 +464,9 @@ func (n *Node) changeMembership(ctx context.Context, decide func() (*raftpb.Conf
 				return ErrNotLeader
 			}
 			cc, err := decide()
+			if errors.Is(err, errReachabilityUnknown) {
+				return errConfChangePending // retried below
+			}
 			if err != nil || cc == nil {
 				return err
 			}
@@ -469,19 +480,21 @@ func (n *Node) changeMembership(ctx context.Context, decide func() (*raftpb.Conf
 			n.mem.pendingCC = id
 			return nil
 		})
-		if err != nil || done == nil {
-			return err
+		if err == nil && done == nil {
+			return nil
 		}
-		select {
-		case err = <-done:
-		case <-ctx.Done():
-			err = ctx.Err()
-		case <-n.failc:
-			err = n.Err()
-		case <-n.done:
-			err = ErrStopped
+		if err == nil {
+			select {
+			case err = <-done:
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-n.failc:
+				err = n.Err()
+			case <-n.done:
+				err = ErrStopped
+			}
+			n.waiters.cancel(id)
 		}
-		n.waiters.cancel(id)
 		if !errors.Is(err, errConfChangePending) {
 			return err
 		}
@@ -648,23 +661,25 @@ func (n *Node) handleReports() {
 
 // receive steps a message that came from a peer: dropped (with an error the sender acts on) when
 // it is for another raft ID or from a removed member.
-func (n *Node) receive(ctx context.Context, m raftpb.Message) error {
-	return n.inLoop(ctx, func() error {
+func (n *Node) receive(ctx context.Context, msgs ...*raftpb.Message) error {
+	return n.inLoopVia(n.recvc, ctx, func() error {
 		if err := n.Err(); err != nil {
 			return err
 		}
-		if m.To != n.id {
-			return fmt.Errorf("%w: this is raft member %x, the message is for %x", errWrongMember, n.id, m.To)
+		for _, m := range msgs {
+			if m.To != n.id {
+				return fmt.Errorf("%w: this is raft member %x, the message is for %x", errWrongMember, n.id, m.To)
+			}
+			if _, ok := n.mem.removed[m.From]; ok {
+				return fmt.Errorf("%w: %x", ErrMemberRemoved, m.From)
+			}
+			n.mem.heard[m.From] = n.mem.ticks
+			// A response from a member no longer in the configuration is dropped.
+			if err := n.rn.Step(*m); err != nil && !errors.Is(err, raft.ErrStepPeerNotFound) {
+				return err
+			}
 		}
-		if _, ok := n.mem.removed[m.From]; ok {
-			return fmt.Errorf("%w: %x", ErrMemberRemoved, m.From)
-		}
-		n.mem.heard[m.From] = n.mem.ticks
-		err := n.rn.Step(m)
-		if errors.Is(err, raft.ErrStepPeerNotFound) {
-			return nil // a response from a member no longer in the configuration
-		}
-		return err
+		return nil
 	})
 }
 

@@ -216,6 +216,7 @@ type Node struct {
 
 	propc   chan *proposal
 	reqc    chan request
+	recvc   chan request  // messages from peers
 	done    chan struct{} // closed when Run returns
 	failc   chan struct{} // closed on a storage failure
 	started atomic.Bool
@@ -291,6 +292,7 @@ func New(cfg Config) (*Node, error) {
 		maxBatchBytes: maxBatch,
 		propc:         make(chan *proposal, maxBatchProposals),
 		reqc:          make(chan request),
+		recvc:         make(chan request),
 		done:          make(chan struct{}),
 		failc:         make(chan struct{}),
 		ids:           newRequestIDs(),
@@ -435,18 +437,28 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		case p := <-n.propc:
 			n.propose(p)
-			for size, i := len(p.data), 1; i < maxBatchProposals && size < n.maxBatchBytes; i++ {
-				select {
-				case p = <-n.propc:
-					n.propose(p)
-					size += len(p.data)
-					continue
-				default:
-				}
-				break
-			}
+			n.drain(len(p.data))
+		case r := <-n.recvc:
+			r.errc <- r.fn()
+			n.drain(0)
 		case r := <-n.reqc:
 			r.errc <- r.fn()
+		}
+	}
+}
+
+// drain takes, without waiting, the proposals and peer messages queued meanwhile (up to a
+// batch), so that one Ready, and one fsync, serves them all.
+func (n *Node) drain(size int) {
+	for i := 1; i < maxBatchProposals && size < n.maxBatchBytes; i++ {
+		select {
+		case p := <-n.propc:
+			n.propose(p)
+			size += len(p.data)
+		case r := <-n.recvc:
+			r.errc <- r.fn()
+		default:
+			return
 		}
 	}
 }
@@ -480,6 +492,9 @@ func (n *Node) handleReady() error {
 	lostLeadership := false
 	if rd.SoftState != nil {
 		lostLeadership = n.raftState == raft.StateLeader && rd.SoftState.RaftState != raft.StateLeader
+		if rd.SoftState.RaftState == raft.StateLeader && n.raftState != raft.StateLeader {
+			n.mem.leaderSince = n.mem.ticks
+		}
 		n.raftState, n.lead = rd.SoftState.RaftState, rd.SoftState.Lead
 		n.publishMembers()
 	}
@@ -742,9 +757,15 @@ func (n *Node) Propose(ctx context.Context, data []byte) error {
 
 // inLoop runs fn in the Run loop.
 func (n *Node) inLoop(ctx context.Context, fn func() error) error {
+	return n.inLoopVia(n.reqc, ctx, fn)
+}
+
+// inLoopVia runs fn in the Run loop, handed over on c: reqc, or recvc for peer messages, which
+// the loop batches with proposals before it handles the next Ready.
+func (n *Node) inLoopVia(c chan request, ctx context.Context, fn func() error) error {
 	r := request{fn: fn, errc: make(chan error, 1)}
 	select {
-	case n.reqc <- r:
+	case c <- r:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-n.done:
@@ -762,7 +783,7 @@ func (n *Node) inLoop(ctx context.Context, fn func() error) error {
 
 // Step hands a message received from a peer to raft (for the transport). A message for another
 // raft ID, or from a removed member (ErrMemberRemoved), is dropped with an error.
-func (n *Node) Step(ctx context.Context, m raftpb.Message) error { return n.receive(ctx, m) }
+func (n *Node) Step(ctx context.Context, m raftpb.Message) error { return n.receive(ctx, &m) }
 
 // ReportUnreachable tells raft that a message to member id could not be sent (for the transport).
 func (n *Node) ReportUnreachable(ctx context.Context, id uint64) error {

@@ -47,7 +47,24 @@ func (s *server) ProcessRaftMessage(ctx context.Context, req *api.ProcessRaftMes
 	if req.Message == nil {
 		return nil, status.Error(codes.InvalidArgument, "the request has no raft message")
 	}
-	if err := n.receive(ctx, *req.Message); err != nil {
+	if err := n.receive(ctx, req.Message); err != nil {
+		return nil, toStatus(err)
+	}
+	return &api.ProcessRaftMessageResponse{}, nil
+}
+
+// ProcessRaftMessages steps a batch of messages, in order, in one turn of the node's loop.
+func (s *server) ProcessRaftMessages(ctx context.Context, req *api.ProcessRaftMessagesRequest) (*api.ProcessRaftMessageResponse, error) {
+	n, err := s.node()
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range req.Messages {
+		if m == nil {
+			return nil, status.Error(codes.InvalidArgument, "the batch has an empty raft message")
+		}
+	}
+	if err := n.receive(ctx, req.Messages...); err != nil {
 		return nil, toStatus(err)
 	}
 	return &api.ProcessRaftMessageResponse{}, nil
@@ -120,7 +137,7 @@ func (s *server) StreamRaftMessage(stream api.Raft_StreamRaftMessageServer) erro
 	} else if err := m.Unmarshal(data); err != nil {
 		return status.Errorf(codes.InvalidArgument, "streamed raft message: %v", err)
 	}
-	if err := n.receive(ctx, m); err != nil {
+	if err := n.receive(ctx, &m); err != nil {
 		return toStatus(err)
 	}
 	return stream.SendAndClose(&api.StreamRaftMessageResponse{})

@@ -57,6 +57,8 @@ const (
 	// maxUnaryMessageBytes is the largest message sent with ProcessRaftMessage, under gRPC's
 	// default 4 MiB receive limit with room for framing; larger ones are streamed.
 	maxUnaryMessageBytes = 4<<20 - 64<<10
+	// maxBatchMessages bounds the messages of one ProcessRaftMessages call.
+	maxBatchMessages = 512
 	// maxStreamedMessageBytes bounds what a receiver accepts in one streamed message.
 	maxStreamedMessageBytes = 1 << 36
 
@@ -322,21 +324,45 @@ func (p *peer) closeConn() {
 	}
 }
 
+// runMessages sends the member's messages in order: what queued up while the previous call was
+// under way goes in one ProcessRaftMessages call (up to maxUnaryMessageBytes), so the receiver
+// steps it in one turn of its loop with one log write, and a message too big for one call is
+// streamed.
 func (p *peer) runMessages() {
 	defer p.closeConn()
+	var next *raftpb.Message // taken from the queue, for the next batch
 	for {
-		select {
-		case <-p.ctx.Done():
-			return
-		case m := <-p.msgs:
-			var err error
-			if m.Size() > maxUnaryMessageBytes {
-				err = p.stream(m)
-			} else {
-				err = p.send(m)
+		if next == nil {
+			select {
+			case <-p.ctx.Done():
+				return
+			case m := <-p.msgs:
+				next = &m
 			}
-			p.outcome(m, err)
 		}
+		if next.Size() > maxUnaryMessageBytes {
+			m := *next
+			next = nil
+			p.outcome(m, p.stream(m))
+			continue
+		}
+		batch, size := []*raftpb.Message{next}, next.Size()
+		next = nil
+	fill:
+		for len(batch) < maxBatchMessages {
+			select {
+			case m := <-p.msgs:
+				if ms := m.Size(); ms > maxUnaryMessageBytes || size+ms > maxUnaryMessageBytes {
+					next = &m
+					break fill
+				}
+				batch = append(batch, &m)
+				size += m.Size()
+			default:
+				break fill
+			}
+		}
+		p.outcome(*batch[0], p.send(batch))
 	}
 }
 
@@ -366,14 +392,19 @@ func (p *peer) runSnapshots() {
 	}
 }
 
-func (p *peer) send(m raftpb.Message) error {
+func (p *peer) send(batch []*raftpb.Message) error {
 	ctx, cancel := context.WithTimeout(p.ctx, p.t.cfg.SendTimeout)
 	defer cancel()
 	cc, err := p.conn(ctx)
 	if err != nil {
 		return err
 	}
-	_, err = api.NewRaftClient(cc).ProcessRaftMessage(ctx, &api.ProcessRaftMessageRequest{Message: &m})
+	c := api.NewRaftClient(cc)
+	if len(batch) == 1 {
+		_, err = c.ProcessRaftMessage(ctx, &api.ProcessRaftMessageRequest{Message: batch[0]})
+	} else {
+		_, err = c.ProcessRaftMessages(ctx, &api.ProcessRaftMessagesRequest{Messages: batch})
+	}
 	return err
 }
 
