@@ -21,7 +21,7 @@ import (
 
 // startManager starts a first manager on a loopback port of its choosing
 // (so no other test can take the port in between) and returns its address.
-func startManager(t *testing.T, hostname string) (*swarmd, string) {
+func startManager(t testing.TB, hostname string) (*swarmd, string) {
 	t.Helper()
 	m := startSwarmd(t, t.TempDir(), "--listen-remote-api", "127.0.0.1:0", "--hostname", hostname)
 	m.waitReady()
