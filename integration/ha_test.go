@@ -151,3 +151,33 @@ func TestThreeManagersSurviveLeaderLoss(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A manager gone for good is removed with node rm --force (it leaves raft);
+// a removal that would leave the reachable managers without a quorum is
+// refused, saying why; without --force a manager is not removed at all.
+func TestRemovingManagersKeepsQuorum(t *testing.T) {
+	ms := startManagers(t, 3)
+	m1 := ms[0]
+	_ = syscall.Kill(ms[2].cmd.Process.Pid, syscall.SIGKILL)
+	<-ms[2].exited
+	m1.waitManagers("m3 unreachable", 30*time.Second, func(rows map[string]managerRow) bool {
+		return rows["m3"].ManagerStatus != nil && rows["m3"].ManagerStatus.Reachability == "UNREACHABLE"
+	})
+
+	if _, errOut, err := m1.ctl("node", "rm", "m2"); err == nil || !strings.Contains(errOut, "is a manager") {
+		t.Fatalf("node rm of a manager without --force: %v %q", err, errOut)
+	}
+	if _, errOut, err := m1.ctl("node", "rm", "--force", "m2"); err == nil || !strings.Contains(errOut, "quorum") {
+		t.Fatalf("node rm --force m2 with m3 down: %v %q, want a refusal about quorum", err, errOut)
+	}
+	m1.mustCtl("node", "rm", "--force", "m3")
+	left := m1.waitManagers("two managers left", 30*time.Second, func(rows map[string]managerRow) bool {
+		_, m3 := rows["m3"]
+		return len(rows) == 2 && !m3
+	})
+	if leaderOf(left) == "" {
+		t.Fatalf("no leader after removing m3: %+v", left)
+	}
+	// The two left still form a quorum: writes go on, also through the follower.
+	ms[1].mustCtl("service", "create", "--name", "after-rm", "--image", "busybox", "--", "sleep", "1d")
+}

@@ -156,6 +156,7 @@ func New(cfg Config) (*Manager, error) {
 		log:         m.log,
 	}
 	m.control = controlapi.NewServer(m.store, unavailable)
+	m.control.SetMembership(m.raft)
 	m.watch = watchapi.NewServer(m.store)
 	m.caServer = caserver.New(m.store, cfg.Logger)
 	m.dispatcher = dispatcher.New(dispatcher.Config{

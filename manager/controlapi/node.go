@@ -2,6 +2,7 @@ package controlapi
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -9,6 +10,7 @@ import (
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/api/validation"
 	"github.com/flotilla/flotilla/manager/store"
+	"github.com/flotilla/flotilla/raft"
 )
 
 func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.GetNodeResponse, error) {
@@ -114,8 +116,36 @@ func (s *Server) checkRoleChange(tx store.ReadTx, n *api.Node, role api.NodeRole
 	return status.Errorf(codes.Unimplemented, "changing the role of node %q is not supported yet by this version", n.GetName())
 }
 
+// removeManager takes a manager that RemoveNode is forced to remove out of
+// raft first, so that the managers left keep a quorum (raft refuses the
+// change otherwise) and its raft ID is never used again.
+func (s *Server) removeManager(ctx context.Context, req *api.RemoveNodeRequest) error {
+	if !req.Force || s.members == nil {
+		return nil
+	}
+	var cur *api.Node
+	var err error
+	s.store.View(func(tx store.ReadTx) { cur, err = resolve[*api.Node](tx, req.NodeID) })
+	if err != nil || cur.Role != api.NodeRoleManager || cur.ManagerStatus == nil || cur.ManagerStatus.RaftID == 0 {
+		return nil // RemoveNode says what is wrong
+	}
+	if cur.ManagerStatus.Leader {
+		return status.Errorf(codes.FailedPrecondition, "node %q is the leader: it cannot remove itself; remove it through another manager once it has stopped, or demote it", cur.GetName())
+	}
+	if err := s.members.RemoveMember(ctx, cur.ManagerStatus.RaftID); err != nil && !errors.Is(err, raft.ErrUnknownMember) {
+		if errors.Is(err, raft.ErrWouldLoseQuorum) {
+			return status.Errorf(codes.FailedPrecondition, "cannot remove manager %q: %v", cur.GetName(), err)
+		}
+		return s.writeError(api.KindNode, cur.GetName(), err)
+	}
+	return nil
+}
+
 // RemoveNode forgets a node. A READY node needs force; a manager must be demoted first.
 func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
+	if err := s.removeManager(ctx, req); err != nil {
+		return nil, err
+	}
 	var name string
 	err := s.store.Update(ctx, func(tx store.Tx) error {
 		cur, err := resolve[*api.Node](tx, req.NodeID)
@@ -123,8 +153,8 @@ func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*a
 			return err
 		}
 		name = cur.GetName()
-		if cur.Role == api.NodeRoleManager {
-			return status.Errorf(codes.FailedPrecondition, "node %q is a manager: demote it before removing it", name)
+		if cur.Role == api.NodeRoleManager && !(req.Force && s.members != nil) {
+			return status.Errorf(codes.FailedPrecondition, "node %q is a manager: demote it before removing it, or, if it is gone for good, remove it with --force (it leaves raft; refused if the managers left could not form a quorum)", name)
 		}
 		if cur.Status.State == api.NodeStatusReady && !req.Force {
 			return status.Errorf(codes.FailedPrecondition,

@@ -25,7 +25,20 @@ type Server struct {
 	// unavailable maps errors of the write path (no leader, storage failure)
 	// to an Unavailable message; nil means none are special.
 	unavailable func(error) (string, bool)
+	// members changes the raft membership (nil: a single manager, or tests).
+	members Membership
 }
+
+// Membership is the raft membership as the Control API changes it: the
+// leader's raft node.
+type Membership interface {
+	// RemoveMember removes a manager from raft; it refuses a removal that
+	// would leave the reachable managers without a quorum.
+	RemoveMember(ctx context.Context, id uint64) error
+}
+
+// SetMembership lets RemoveNode remove managers from raft.
+func (s *Server) SetMembership(m Membership) { s.members = m }
 
 // NewServer makes a Control server over s. unavailable recognises errors of
 // the consensus layer that mean "writes cannot be served now" and returns the
