@@ -284,6 +284,8 @@ func unavailable(err error) (string, bool) {
 	switch {
 	case errors.Is(err, raft.ErrNotLeader):
 		return "no leader: the cluster has not elected a leader yet or has lost quorum; retry shortly", true
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return "this manager lost the leadership (partitioned from the others, or a new election) before the write was applied: it may or may not have been made; read it back, then retry", true
 	case errors.Is(err, raft.ErrStopped):
 		return "this manager is shutting down", true
 	case errors.Is(err, syscall.ENOSPC):
