@@ -180,6 +180,13 @@ type Config struct {
 	// encrypted log does not open without its key.
 	DataKey *DataKey
 
+	// ForceNewCluster makes this member, from the log it already has, the only voter of its
+	// cluster (disaster recovery when a quorum is lost for good): the other voters are removed,
+	// durably and for good, and everything else in the log is kept and committed. New fails with
+	// ErrNoClusterState when there is no log, and with ErrMemberRemoved when this member was
+	// removed. See forcenewcluster.go.
+	ForceNewCluster bool
+
 	Logger       *slog.Logger
 	StateMachine StateMachine
 	// Transport sends messages to the other members; a PeerTransport is told their addresses.
@@ -282,6 +289,10 @@ func New(cfg Config) (*Node, error) {
 	// One Ready writes at most one proposal batch or one append message, so a torn write at the
 	// tail spans at most two of them (the batch, and unsynced HardState records before it).
 	maxBatch := max(cfg.MaxProposalBytes, maxSizePerMsg)
+	if cfg.ForceNewCluster && !hasLog(cfg.Dir) {
+		// Checked before openStorage, which would create an empty log.
+		return nil, fmt.Errorf("%w: %s holds none; run it on the state of a manager that was a member of the cluster", ErrNoClusterState, cfg.Dir)
+	}
 	st, rec, err := openStorage(cfg.Dir, cfg.ID, int64(2*maxBatch+64<<10), cfg.DataKey, lg)
 	if err != nil {
 		return nil, err
@@ -306,6 +317,12 @@ func New(cfg Config) (*Node, error) {
 		t.bind(n)
 	}
 	n.snapshotInterval.Store(cfg.SnapshotInterval)
+	if cfg.ForceNewCluster {
+		if rec, err = n.forceNewCluster(rec); err != nil {
+			_ = st.close()
+			return nil, err
+		}
+	}
 	if err := n.restore(rec); err != nil {
 		_ = st.close()
 		return nil, err
