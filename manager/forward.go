@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -89,8 +90,30 @@ func (f *forwarder) unary(ctx context.Context, req any, info *grpc.UnaryServerIn
 		// "no leader" answer.
 		return handler(ctx, req)
 	}
-	return f.forward(ctx, addr, info.FullMethod, req)
+	for attempt := 1; ; attempt++ {
+		resp, err := f.forward(ctx, addr, info.FullMethod, req)
+		if err == nil || ctx.Err() != nil || attempt == forwardAttempts {
+			return resp, err
+		}
+		// The leader did not answer: if another has been elected
+		// meanwhile (the old one was cut off, so the write was not
+		// made), go there; otherwise give up rather than hang.
+		code := status.Code(err)
+		next := f.leaderAddr()
+		if (code != codes.Unavailable && code != codes.DeadlineExceeded) || next == "" || next == addr {
+			return resp, err
+		}
+		addr = next
+	}
 }
+
+const (
+	// forwardTimeout bounds one forwarded call, so that a write on a
+	// follower of a leader that went silent answers instead of hanging.
+	forwardTimeout = 5 * time.Second
+	// forwardAttempts bounds the leaders one write is forwarded to.
+	forwardAttempts = 3
+)
 
 // forward sends one write to the leader at addr and waits until this
 // manager has applied what the leader had when it answered.
@@ -106,10 +129,16 @@ func (f *forwarder) forward(ctx context.Context, addr, method string, req any) (
 	}
 	resp := reflect.New(typ).Interface()
 	var header metadata.MD
-	out := metadata.AppendToOutgoingContext(ctx, forwardedHeader, "1")
+	cctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	out := metadata.AppendToOutgoingContext(cctx, forwardedHeader, "1")
 	if err := conn.Invoke(out, method, req, resp, grpc.Header(&header)); err != nil {
-		if s, ok := status.FromError(err); ok && s.Code() == codes.Unavailable {
+		s := status.Convert(err)
+		switch {
+		case s.Code() == codes.Unavailable:
 			return nil, status.Errorf(codes.Unavailable, "leader at %s: %s", addr, s.Message())
+		case s.Code() == codes.DeadlineExceeded && ctx.Err() == nil:
+			return nil, status.Errorf(codes.Unavailable, "the leader at %s did not answer within %s (cut off, or overloaded); the write may or may not have been made: read it back, then retry", addr, forwardTimeout)
 		}
 		return nil, err
 	}
