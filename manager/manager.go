@@ -390,6 +390,7 @@ func (m *Manager) leaderLoops() []func(context.Context) error {
 		m.scheduler.Run,
 		m.logs.Run,
 		m.syncMembership,
+		m.manageRoles,
 	}
 }
 

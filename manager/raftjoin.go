@@ -45,6 +45,9 @@ func (s raftService) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, status.Errorf(codes.PermissionDenied, "node %s is not a member of this cluster", nodeID)
 	case node.Role != api.NodeRoleManager:
 		return nil, status.Errorf(codes.PermissionDenied, "node %s is a worker: only managers join raft (promote it first)", nodeID)
+	case node.Spec.DesiredRole != api.NodeRoleManager:
+		// Its certificate is renewed as a worker's shortly: retried until then.
+		return nil, status.Errorf(codes.Unavailable, "node %s is being demoted to a worker: it does not join raft", nodeID)
 	case node.ManagerStatus != nil && node.ManagerStatus.RaftID != 0 && node.ManagerStatus.RaftID != req.RaftID:
 		return nil, status.Errorf(codes.FailedPrecondition, "node %s is already a manager with raft ID %x; a manager keeps its raft ID (its state dir was lost? remove the node and join again)",
 			nodeID, node.ManagerStatus.RaftID)

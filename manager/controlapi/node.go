@@ -50,18 +50,6 @@ func contains[E comparable](list []E, e E) bool {
 	return false
 }
 
-// managerCount counts the nodes that are managers or are to become ones.
-func managerCount(tx store.ReadTx) (int, error) {
-	nodes, err := store.Find[*api.Node](tx, store.All())
-	n := 0
-	for _, node := range nodes {
-		if node.Role == api.NodeRoleManager {
-			n++
-		}
-	}
-	return n, err
-}
-
 // UpdateNode changes a node's availability, labels or desired role.
 func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*api.UpdateNodeResponse, error) {
 	if req.NodeVersion == 0 {
@@ -100,20 +88,64 @@ func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*a
 	return &api.UpdateNodeResponse{Node: n}, nil
 }
 
-// checkRoleChange refuses role changes that would break the cluster.
-// Promotion and demotion themselves arrive with multi-manager support.
+// checkRoleChange refuses a demotion that would break the cluster: of the
+// last manager staying one, or one after which the reachable managers could
+// not form a quorum. Promotions, and cancelling a change the role manager has
+// not carried out yet, are always allowed. The role manager (a leader loop)
+// then makes the change: it removes a demoted manager from raft before the
+// node becomes a worker.
 func (s *Server) checkRoleChange(tx store.ReadTx, n *api.Node, role api.NodeRole) error {
-	if role == api.NodeRoleWorker && n.Role == api.NodeRoleManager {
-		managers, err := managerCount(tx)
-		if err != nil {
-			return err
-		}
-		if managers <= 1 {
-			return status.Errorf(codes.FailedPrecondition,
-				"node %q is the only manager: demoting it would leave the cluster without managers; promote another node first", n.GetName())
+	if role != api.NodeRoleWorker || n.Role != api.NodeRoleManager {
+		return nil
+	}
+	nodes, err := store.Find[*api.Node](tx, store.ByRole(api.NodeRoleManager))
+	if err != nil {
+		return status.Errorf(codes.Internal, "list the managers: %v", err)
+	}
+	staying := 0
+	leaving := map[uint64]bool{} // raft IDs of the managers being demoted, n included
+	if n.ManagerStatus != nil && n.ManagerStatus.RaftID != 0 {
+		leaving[n.ManagerStatus.RaftID] = true
+	}
+	for _, m := range nodes {
+		switch {
+		case m.ID == n.ID:
+		case m.Spec.DesiredRole == api.NodeRoleManager:
+			staying++
+		case m.ManagerStatus != nil && m.ManagerStatus.RaftID != 0:
+			leaving[m.ManagerStatus.RaftID] = true
 		}
 	}
-	return status.Errorf(codes.Unimplemented, "changing the role of node %q is not supported yet by this version", n.GetName())
+	if staying == 0 {
+		return status.Errorf(codes.FailedPrecondition,
+			"node %q is the only manager: demoting it would leave the cluster without managers; promote another node first", n.GetName())
+	}
+	if s.members == nil {
+		return nil
+	}
+	if left, reachable, need, ok := QuorumAfterRemoval(s.members.Members(), leaving); !ok {
+		return status.Errorf(codes.FailedPrecondition,
+			"cannot demote manager %q: it would leave %d manager(s), %d of them reachable, and a quorum needs %d; bring the unreachable managers back (or remove one that is gone for good with `node rm --force`) first",
+			n.GetName(), left, reachable, need)
+	}
+	return nil
+}
+
+// QuorumAfterRemoval reports whether the raft members left once the members
+// in leaving are removed still hold a quorum of reachable members (as the
+// leader sees them), with the figures to explain a refusal.
+func QuorumAfterRemoval(members []raft.Member, leaving map[uint64]bool) (left, reachable, need int, ok bool) {
+	for _, m := range members {
+		if leaving[m.ID] {
+			continue
+		}
+		left++
+		if m.Reachable {
+			reachable++
+		}
+	}
+	need = left/2 + 1
+	return left, reachable, need, left > 0 && reachable >= need
 }
 
 // removeManager takes a manager that RemoveNode is forced to remove out of

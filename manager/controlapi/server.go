@@ -16,6 +16,7 @@ import (
 
 	"github.com/flotilla/flotilla/api"
 	"github.com/flotilla/flotilla/manager/store"
+	"github.com/flotilla/flotilla/raft"
 )
 
 // Server serves the Control API from one manager's store.
@@ -35,9 +36,13 @@ type Membership interface {
 	// RemoveMember removes a manager from raft; it refuses a removal that
 	// would leave the reachable managers without a quorum.
 	RemoveMember(ctx context.Context, id uint64) error
+	// Members are the raft members, with their reachability as this
+	// manager (the leader, for writes) sees it.
+	Members() []raft.Member
 }
 
-// SetMembership lets RemoveNode remove managers from raft.
+// SetMembership lets RemoveNode remove managers from raft and UpdateNode
+// check that a demotion keeps a quorum.
 func (s *Server) SetMembership(m Membership) { s.members = m }
 
 // NewServer makes a Control server over s. unavailable recognises errors of
