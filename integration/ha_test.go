@@ -181,3 +181,49 @@ func TestRemovingManagersKeepsQuorum(t *testing.T) {
 	// The two left still form a quorum: writes go on, also through the follower.
 	ms[1].mustCtl("service", "create", "--name", "after-rm", "--image", "busybox", "--", "sleep", "1d")
 }
+
+// All three managers stopped and started again at once come back with the
+// same state and a leader.
+func TestAllManagersRestartTogether(t *testing.T) {
+	ms := startManagers(t, 3)
+	ms[1].mustCtl("service", "create", "--name", "web", "--replicas", "3", "--image", "busybox", "--", "sleep", "1d")
+	rows, err := ms[0].managerRows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := map[string]string{}
+	for _, r := range rows {
+		addrs[r.Desc.Hostname] = r.ManagerStatus.Addr
+	}
+	for _, m := range ms {
+		_ = syscall.Kill(m.cmd.Process.Pid, syscall.SIGTERM)
+	}
+	for _, m := range ms {
+		<-m.exited
+	}
+	var back []*swarmd
+	for i, m := range ms {
+		h := fmt.Sprintf("m%d", i+1)
+		back = append(back, startSwarmd(t, m.stateDir, "--hostname", h, "--listen-remote-api", addrs[h]))
+	}
+	for _, m := range back {
+		m.waitReady()
+	}
+	back[2].waitManagers("three reachable managers after the restart", time.Minute, func(rows map[string]managerRow) bool {
+		if len(rows) != 3 || leaderOf(rows) == "" {
+			return false
+		}
+		for _, r := range rows {
+			if r.ManagerStatus.Reachability != "REACHABLE" {
+				return false
+			}
+		}
+		return true
+	})
+	for _, m := range back {
+		if out := m.mustCtl("service", "ls"); !strings.Contains(out, " web ") {
+			t.Fatalf("after the restart a manager lists:\n%s", out)
+		}
+	}
+	back[0].waitRunning("web", 3, time.Minute, nil)
+}
