@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla/flotilla/api"
 )
 
 // managerRow is what the HA tests read of `node ls --format json`.
@@ -226,4 +229,57 @@ func TestAllManagersRestartTogether(t *testing.T) {
 		}
 	}
 	back[0].waitRunning("web", 3, time.Minute, nil)
+}
+
+// Creates stream through a follower while the leader is killed: every
+// create that was acknowledged is there afterwards, once.
+func TestAcknowledgedCreatesSurviveLeaderKill(t *testing.T) {
+	ms := startManagers(t, 3)
+	ctl := ms[1].client()
+	var acked []string
+	const killAt = 40
+	var killed time.Time
+	stopAt := 0
+	for i := 0; killed.IsZero() || time.Since(killed) < 5*time.Second; i++ {
+		stopAt = i + 1
+		if i == killAt {
+			_ = syscall.Kill(ms[0].cmd.Process.Pid, syscall.SIGKILL)
+			killed = time.Now()
+		}
+		name := fmt.Sprintf("svc-%03d", i)
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		_, err := ctl.CreateService(ctx, &api.CreateServiceRequest{Spec: &api.ServiceSpec{
+			Annotations: api.Annotations{Name: name},
+			Task:        api.TaskSpec{Container: &api.ContainerSpec{Image: "busybox"}},
+			Mode:        api.ServiceMode{Mode: &api.ServiceMode_Replicated{Replicated: &api.ReplicatedService{Replicas: 1}}},
+		}})
+		cancel()
+		if err == nil {
+			acked = append(acked, name)
+		} else {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if len(acked) < killAt+10 {
+		t.Fatalf("only %d creates acknowledged", len(acked))
+	}
+	for _, m := range ms[1:] {
+		resp, err := m.client().ListServices(context.Background(), &api.ListServicesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		count := map[string]int{}
+		for _, s := range resp.Services {
+			count[s.Spec.Annotations.Name]++
+		}
+		for _, name := range acked {
+			if count[name] != 1 {
+				t.Errorf("acknowledged service %s is there %d times", name, count[name])
+			}
+		}
+		if len(resp.Services) > stopAt {
+			t.Errorf("%d services, more than the %d creates made", len(resp.Services), stopAt)
+		}
+	}
+	t.Logf("%d of %d creates acknowledged across the leader's kill", len(acked), stopAt)
 }
