@@ -283,3 +283,54 @@ func TestAcknowledgedCreatesSurviveLeaderKill(t *testing.T) {
 	}
 	t.Logf("%d of %d creates acknowledged across the leader's kill", len(acked), stopAt)
 }
+
+// A manager whose state dir was wiped comes back with its old address: the
+// join is refused, naming the old manager to remove; once it is removed the
+// join succeeds.
+func TestWipedManagerRejoinsAfterItsOldSelfIsRemoved(t *testing.T) {
+	ms := startManagers(t, 3)
+	rows, err := ms[0].managerRows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var addr, oldID string
+	for _, r := range rows {
+		if r.Desc.Hostname == "m3" {
+			addr, oldID = r.ManagerStatus.Addr, r.ID
+		}
+	}
+	joinAddr := ""
+	for _, r := range rows {
+		if r.Desc.Hostname == "m1" {
+			joinAddr = r.ManagerStatus.Addr
+		}
+	}
+	token := strings.TrimSpace(ms[0].mustCtl("cluster", "join-token", "-q", "manager"))
+	_ = syscall.Kill(ms[2].cmd.Process.Pid, syscall.SIGKILL)
+	<-ms[2].exited
+
+	again := startSwarmd(t, t.TempDir(), "--hostname", "m3", "--listen-remote-api", addr, "--join-addr", joinAddr, "--join-token", token)
+	select {
+	case <-again.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the wiped manager's join was not refused within 30s")
+	}
+	if out := again.out.String(); !strings.Contains(out, "already belongs to manager "+oldID) || !strings.Contains(out, "node rm --force") {
+		t.Fatalf("refusal does not say what to do:\n%s", out)
+	}
+
+	ms[0].mustCtl("node", "rm", "--force", oldID)
+	rejoined := startSwarmd(t, t.TempDir(), "--hostname", "m3", "--listen-remote-api", addr, "--join-addr", joinAddr, "--join-token", token)
+	rejoined.waitReady()
+	ms[0].waitManagers("three reachable managers", time.Minute, func(rows map[string]managerRow) bool {
+		if len(rows) != 3 {
+			return false
+		}
+		for _, r := range rows {
+			if r.ManagerStatus.Reachability != "REACHABLE" {
+				return false
+			}
+		}
+		return true
+	})
+}

@@ -52,6 +52,28 @@ func (s raftService) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, status.Errorf(codes.FailedPrecondition, "node %s is already a manager with raft ID %x; a manager keeps its raft ID (its state dir was lost? remove the node and join again)",
 			nodeID, node.ManagerStatus.RaftID)
 	}
+	// A manager whose state dir was wiped comes back with a new raft ID but
+	// its old address: the old member would still count for the quorum.
+	for _, mem := range s.m.raft.Members() {
+		if mem.Addr == req.Addr && mem.ID != req.RaftID {
+			var holder string
+			s.m.store.View(func(tx store.ReadTx) {
+				_ = store.Each(tx, store.ByRole(api.NodeRoleManager), func(n *api.Node) bool {
+					if n.ManagerStatus != nil && n.ManagerStatus.RaftID == mem.ID {
+						holder = n.ID
+						return false
+					}
+					return true
+				})
+			})
+			if holder == "" {
+				holder = fmt.Sprintf("raft ID %x", mem.ID)
+			}
+			return nil, status.Errorf(codes.FailedPrecondition,
+				"address %s already belongs to manager %s (its old state?): remove it with `swarmctl node rm --force %s`, then join again",
+				req.Addr, holder, holder)
+		}
+	}
 	resp, err := s.RaftServer.Join(ctx, req)
 	if err != nil {
 		return nil, err
@@ -110,7 +132,8 @@ func joinRefused(err error) bool {
 		return true
 	case codes.FailedPrecondition:
 		msg := s.Message()
-		return strings.Contains(msg, "removed") || strings.Contains(msg, "already a manager") || strings.Contains(msg, "without a transport")
+		return strings.Contains(msg, "removed") || strings.Contains(msg, "already a manager") || strings.Contains(msg, "without a transport") ||
+			strings.Contains(msg, "already belongs to manager")
 	}
 	return false
 }
