@@ -334,3 +334,49 @@ func TestWipedManagerRejoinsAfterItsOldSelfIsRemoved(t *testing.T) {
 		return true
 	})
 }
+
+// A manager joining a cluster whose store holds over 200 MB (and whose log
+// was compacted) gets it as a snapshot streamed in chunks, and becomes
+// Reachable with the same state.
+func TestManagerJoinsA200MBCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a 200 MB store")
+	}
+	m1, addr := startManager(t, "m1")
+	m1.mustCtl("cluster", "update", "--snapshot-interval", "20")
+	ctl := m1.client()
+	label := strings.Repeat("x", 1<<20) // 1 MiB per service
+	const services = 210
+	for i := 0; i < services; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, err := ctl.CreateService(ctx, &api.CreateServiceRequest{Spec: &api.ServiceSpec{
+			Annotations: api.Annotations{Name: fmt.Sprintf("big-%03d", i), Labels: map[string]string{"blob": label}},
+			Task:        api.TaskSpec{Container: &api.ContainerSpec{Image: "busybox"}},
+			Mode:        api.ServiceMode{Mode: &api.ServiceMode_Replicated{Replicated: &api.ReplicatedService{Replicas: 0}}},
+		}})
+		cancel()
+		if err != nil {
+			t.Fatalf("service %d: %v", i, err)
+		}
+	}
+	token := strings.TrimSpace(m1.mustCtl("cluster", "join-token", "-q", "manager"))
+	start := time.Now()
+	m2 := startSwarmd(t, t.TempDir(), "--hostname", "m2", "--join-addr", addr, "--join-token", token)
+	m2.waitReady()
+	m1.waitManagers("m2 reachable", 2*time.Minute, func(rows map[string]managerRow) bool {
+		r, ok := rows["m2"]
+		return ok && r.ManagerStatus.Reachability == "REACHABLE" && leaderOf(rows) != ""
+	})
+	t.Logf("m2 reachable %s after it started", time.Since(start).Round(time.Millisecond))
+	deadline := time.Now().Add(time.Minute)
+	for {
+		resp, err := m2.client().ListServices(context.Background(), &api.ListServicesRequest{})
+		if err == nil && len(resp.Services) == services {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("m2 does not hold the %d services a minute after joining (%v)", services, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
