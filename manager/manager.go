@@ -76,6 +76,12 @@ type Config struct {
 	// when autolock is off) each time this manager sees the cluster object,
 	// so the node can seal its keys with it. It must be idempotent.
 	OnUnlockKey func(ca.UnlockKey)
+	// ForceNewCluster restarts the cluster from this manager's raft log as
+	// its only manager (disaster recovery when a quorum of managers is lost
+	// for good): the other managers are removed from raft for good, and the
+	// membership sync then shows their nodes Unreachable until they are
+	// removed with node rm --force. It needs an existing raft log.
+	ForceNewCluster bool
 	// Raft timing (zero: raft package defaults).
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int
@@ -127,6 +133,9 @@ func New(cfg Config) (*Manager, error) {
 	m.store = store.New(proposer{m})
 	raftDir := filepath.Join(cfg.StateDir, "raft")
 	peers := []etcdraft.Peer{{ID: cfg.RaftID}}
+	if cfg.ForceNewCluster && !hasRaftLog(raftDir) {
+		return nil, fmt.Errorf("--force-new-cluster restarts a cluster from the state of one of its managers, but %s holds no raft log: run it with the state dir of a surviving manager", cfg.StateDir)
+	}
 	if m.joining = len(cfg.JoinAddrs) > 0 && !hasRaftLog(raftDir); m.joining {
 		peers = nil // added by the leader, which sends the log
 	}
@@ -143,6 +152,8 @@ func New(cfg Config) (*Manager, error) {
 		DataKey:       cfg.DataKey,
 		Logger:        cfg.Logger,
 		StateMachine:  m.store,
+		// Disaster recovery (swarmd --force-new-cluster).
+		ForceNewCluster: cfg.ForceNewCluster,
 	})
 	if err != nil {
 		return nil, err

@@ -80,6 +80,10 @@ type Config struct {
 	// UnlockKey (SWMKEY-1-...) opens the keys of a manager locked by the
 	// cluster's autolock.
 	UnlockKey string
+	// ForceNewCluster restarts a cluster that lost its quorum of managers
+	// for good from this manager's state, as its only manager (see
+	// forcenewcluster.go). It needs the state dir of a manager.
+	ForceNewCluster bool
 	// Raft timing; zero values take the raft package defaults.
 	TickInterval                time.Duration
 	ElectionTick, HeartbeatTick int
@@ -140,6 +144,9 @@ func New(cfg Config) (*Node, error) {
 	if (cfg.JoinAddr == "") != (cfg.JoinToken == "") {
 		return nil, errors.New("joining needs both --join-addr and --join-token")
 	}
+	if cfg.ForceNewCluster && cfg.JoinAddr != "" {
+		return nil, errors.New("--force-new-cluster restarts a cluster from this manager's own state: it cannot be combined with --join-addr")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -180,8 +187,14 @@ func (n *Node) Start(ctx context.Context) error {
 			lock.Close()
 		}
 	}()
+	if err := n.checkForceNewCluster(nil); err != nil {
+		return err
+	}
 	id, err := n.loadOrCreateIdentity(ctx)
 	if err != nil {
+		return err
+	}
+	if err := n.checkForceNewCluster(id); err != nil {
 		return err
 	}
 	n.state = id.state
@@ -253,6 +266,8 @@ func (n *Node) Start(ctx context.Context) error {
 			DataKey:        dek,
 			OnUnlockKey:    n.unlockKeyChanged,
 			Logger:         logger,
+			// Disaster recovery (swarmd --force-new-cluster).
+			ForceNewCluster: n.cfg.ForceNewCluster,
 		})
 		if err != nil {
 			return err

@@ -52,6 +52,7 @@ func main() {
 			&cli.IntFlag{Name: "heartbeat-tick", Usage: "raft ticks between leader heartbeats (default 1)"},
 			&cli.IntFlag{Name: "election-tick", Usage: "raft ticks without a leader before an election (default 10)"},
 			&cli.DurationFlag{Name: "raft-tick", Usage: "duration of one raft tick (default 100ms)"},
+			&cli.BoolFlag{Name: "force-new-cluster", Usage: "recover from quorum loss using this manager's state: restart the cluster with this manager as its only manager, keeping services, tasks, nodes and secrets (the other managers are removed for good; new ones join with the manager token)"},
 			&cli.StringFlag{Name: "unlock-key", EnvVars: []string{"SWARMD_UNLOCK_KEY"}, Usage: "`KEY` (SWMKEY-1-...) that opens a manager locked by autolock; swarmctl cluster unlock-key on another manager shows it"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
@@ -140,6 +141,7 @@ func run(c *cli.Context) error {
 		ElectionTick:        c.Int("election-tick"),
 		HeartbeatTick:       c.Int("heartbeat-tick"),
 		UnlockKey:           c.String("unlock-key"),
+		ForceNewCluster:     c.Bool("force-new-cluster"),
 		Logger:              logger,
 	})
 	if err != nil {
