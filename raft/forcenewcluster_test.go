@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -18,10 +17,10 @@ import (
 
 // appendToLog writes entries (and hs, if not empty) to the log of a stopped member, as if it had
 // received them from a leader.
-func appendToLog(t *testing.T, dir string, id uint64, hs raftpb.HardState, ents ...raftpb.Entry) recovered {
+func appendToLog(t *testing.T, dir string, id uint64, key *DataKey, hs raftpb.HardState, ents ...raftpb.Entry) recovered {
 	t.Helper()
 	lg, _ := testLogger(t)
-	st, rec, err := openStorage(dir, id, 1<<20, nil, lg)
+	st, rec, err := openStorage(dir, id, 1<<20, key, lg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,9 +66,9 @@ func TestForceNewClusterLeadsAloneWithTheSameStateAndNeverTakesBackTheOldMembers
 
 	// An entry member 3 holds beyond its commit index (the lost leader may have committed it)
 	// is kept and committed.
-	rec := appendToLog(t, survivor.dir, 3, raftpb.HardState{})
+	rec := appendToLog(t, survivor.dir, 3, nil, raftpb.HardState{})
 	lastEnt := rec.ents[len(rec.ents)-1]
-	appendToLog(t, survivor.dir, 3, raftpb.HardState{}, raftpb.Entry{
+	appendToLog(t, survivor.dir, 3, nil, raftpb.HardState{}, raftpb.Entry{
 		Term: lastEnt.Term, Index: lastEnt.Index + 1, Data: encodeEnvelope(1, 1<<40, cmd("put", "tail", "t")),
 	})
 
@@ -142,10 +141,19 @@ func TestForceNewClusterLeadsAloneWithTheSameStateAndNeverTakesBackTheOldMembers
 	}
 }
 
-func TestForceNewClusterRefusesAMemberWithoutTheClustersState(t *testing.T) {
+func TestForceNewClusterNeedsAMembersLogAndSurvivesRestarts(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		key  *DataKey
+	}{{"plaintext log", nil}, {"encrypted log", newTestDataKey(t, 3)}} {
+		t.Run(tc.name, func(t *testing.T) { testForceNewClusterOnACraftedLog(t, tc.key) })
+	}
+}
+
+func testForceNewClusterOnACraftedLog(t *testing.T, key *DataKey) {
 	lg, _ := testLogger(t)
 	cfg := func(dir string, id uint64) Config {
-		return Config{ID: id, Dir: dir, StateMachine: newKV(), Logger: lg, ForceNewCluster: true}
+		return Config{ID: id, Dir: dir, StateMachine: newKV(), Logger: lg, ForceNewCluster: true, DataKey: key}
 	}
 
 	// No log: refused, and nothing is created.
@@ -160,11 +168,11 @@ func TestForceNewClusterRefusesAMemberWithoutTheClustersState(t *testing.T) {
 	// A log of 3 members where member 2 was removed, and member 4 was never added.
 	log := func(id uint64) string {
 		dir := t.TempDir()
-		appendToLog(t, dir, id, raftpb.HardState{Term: 2, Vote: 1, Commit: 5},
+		appendToLog(t, dir, id, key, raftpb.HardState{Term: 2, Vote: 1, Commit: 5},
 			confChangeEntry(t, 1, 1, raftpb.ConfChangeAddNode, 1, "127.0.0.1:1"),
 			confChangeEntry(t, 1, 2, raftpb.ConfChangeAddNode, 2, "127.0.0.1:2"),
 			confChangeEntry(t, 1, 3, raftpb.ConfChangeAddNode, 3, "127.0.0.1:3"),
-			raftpb.Entry{Term: 2, Index: 4, Data: encodeEnvelope(1, 1, cmd("put", "k", "v"))},
+			raftpb.Entry{Term: 2, Index: 4, Data: encodeEnvelope(1, 1, cmd("put", "k", marker))},
 			confChangeEntry(t, 2, 5, raftpb.ConfChangeRemoveNode, 2, ""),
 		)
 		return dir
@@ -188,7 +196,7 @@ func TestForceNewClusterRefusesAMemberWithoutTheClustersState(t *testing.T) {
 	if _, ok := sm.get("k"); !ok {
 		t.Fatal("the committed entry is missing")
 	}
-	propose(t, r.n, "put", "after", "1")
+	propose(t, r.n, "put", "after", marker)
 	for _, id := range []uint64{2, 3} {
 		if err := r.n.AddMember(context.Background(), id, "127.0.0.1:9"); !errors.Is(err, ErrMemberRemoved) {
 			t.Fatalf("AddMember(%d) = %v, want ErrMemberRemoved", id, err)
@@ -197,14 +205,23 @@ func TestForceNewClusterRefusesAMemberWithoutTheClustersState(t *testing.T) {
 	if err := r.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	// Forcing again is a no-op.
-	c = cfg(dir, 1)
-	r = startNode(t, c)
-	waitLeaderReady(t, r.n)
-	if _, ok := c.StateMachine.(*kv).get("after"); !ok {
-		t.Fatal("state lost by forcing a new cluster twice")
+	if key != nil {
+		requireNoMarker(t, dir)
 	}
-	if _, err := os.Stat(filepath.Join(dir, walSubdir)); err != nil {
-		t.Fatal(err)
+	// Restarting, forced again or not, changes nothing.
+	for _, force := range []bool{true, false} {
+		c = cfg(dir, 1)
+		c.ForceNewCluster = force
+		r = startNode(t, c)
+		waitLeaderReady(t, r.n)
+		if _, ok := c.StateMachine.(*kv).get("after"); !ok {
+			t.Fatalf("state lost by a restart (ForceNewCluster %v)", force)
+		}
+		if ms := r.n.Members(); len(ms) != 1 || ms[0].ID != 1 {
+			t.Fatalf("members after a restart (ForceNewCluster %v): %+v", force, ms)
+		}
+		if err := r.stop(t); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
