@@ -88,6 +88,11 @@ type Config struct {
 	// one, so that the node can remember them across restarts. It runs on
 	// the agent's Run goroutine: it must not block for long.
 	ManagersChanged func(addrs []string)
+	// NodeChanged, if set, is called with each node record a manager sends
+	// (the node's role, desired role, availability...), so that the node
+	// can follow a promotion or demotion. It runs on the agent's Run
+	// goroutine: it must not block for long, nor modify the record.
+	NodeChanged func(*api.Node)
 	// Executor describes the node and runs its tasks.
 	Executor exec.Executor
 	// TaskDB is the file of the node's task DB, the tasks assigned to it and
@@ -305,6 +310,9 @@ func (a *Agent) apply(m *api.SessionMessage) {
 		a.mu.Lock()
 		a.node = m.Node
 		a.mu.Unlock()
+		if a.cfg.NodeChanged != nil {
+			a.cfg.NodeChanged(m.Node)
+		}
 	}
 	before := a.managers.all()
 	a.managers.update(m.Managers)

@@ -106,6 +106,7 @@ type Node struct {
 	mgr     *manager.Manager
 	agent   *agent.Agent
 	runtime *containerRuntime // nil with the sim executor
+	roles   roleSwitch        // promotion and demotion (role.go)
 	ready   <-chan struct{}
 	done    chan struct{}
 	err     error
@@ -275,9 +276,12 @@ func (n *Node) Start(ctx context.Context) error {
 		if err := n.raftLogOpened(); err != nil {
 			return err
 		}
-		// A manager's own agent reports to the dispatcher like any other.
-		managers = []string{advertise}
+		// A manager's own agent reports to the dispatcher like any other;
+		// the other managers it knows are there should this one be demoted.
+		managers = append([]string{advertise}, id.state.Managers...)
+		n.roles.advertise = advertise
 	}
+	n.roles.executor = executor
 	if len(managers) == 0 {
 		return fmt.Errorf("worker node %s knows no manager to connect to: %s lacks the managers list", me.NodeID, filepath.Join(n.cfg.StateDir, stateFile))
 	}
@@ -285,6 +289,7 @@ func (n *Node) Start(ctx context.Context) error {
 		Dial:            n.dial,
 		Managers:        managers,
 		ManagersChanged: n.rememberManagers,
+		NodeChanged:     n.nodeChanged,
 		Executor:        executor,
 		TaskDB:          filepath.Join(n.cfg.StateDir, "worker", "tasks.db"),
 		Logger:          logger,
@@ -296,29 +301,31 @@ func (n *Node) Start(ctx context.Context) error {
 		n.ready = mgr.Ready()
 	}
 	ok = true
-	go n.run(runCtx, mgr, ag, managers)
+	go n.run(runCtx, mgr, ag)
 	return nil
 }
 
 // run owns the node's components until ctx ends or one fails.
-func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent, managers []string) {
+func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent) {
 	g, gctx := errgroup.WithContext(ctx)
-	if mgr != nil {
-		g.Go(func() error { return mgr.Run(gctx) })
-	}
+	// The manager component, switched on and off with the node's role.
+	g.Go(func() error { return n.runRoles(gctx, mgr) })
 	g.Go(func() error {
 		if mgr != nil {
 			// The manager records its own node when it first leads; before
-			// that its dispatcher would not know this node.
+			// that its dispatcher would not know this node. A manager
+			// removed from raft meanwhile (demoted while this node was
+			// down) never gets ready: the agent then finds the others.
 			select {
 			case <-mgr.Ready():
+			case <-mgr.Removed():
 			case <-gctx.Done():
 				return nil
 			}
 		}
 		return ag.Run(gctx)
 	})
-	g.Go(func() error { return n.renewLoop(gctx, managers) })
+	g.Go(func() error { return n.renewLoop(gctx) })
 	if n.runtime != nil {
 		g.Go(func() error { return n.runtime.superviseDaemon(gctx) })
 	}

@@ -16,7 +16,7 @@ import (
 // 80% of its validity, through a manager, authenticated by the current
 // certificate (no join token). Listeners and connections keep running: new
 // handshakes present the new certificate.
-func (n *Node) renewLoop(ctx context.Context, managers []string) error {
+func (n *Node) renewLoop(ctx context.Context) error {
 	retry := 0
 	for {
 		id := n.creds.Identity()
@@ -38,7 +38,7 @@ func (n *Node) renewLoop(ctx context.Context, managers []string) error {
 			return nil
 		case <-timer.C:
 		}
-		if err := n.renew(ctx, managers); err != nil {
+		if err := n.renewNow(ctx); err != nil {
 			retry++
 			n.log.Warn("certificate renewal failed; will retry", "err", err, "expires", id.NotAfter)
 			continue
@@ -48,6 +48,8 @@ func (n *Node) renewLoop(ctx context.Context, managers []string) error {
 }
 
 func (n *Node) renew(ctx context.Context, managers []string) error {
+	n.roles.renewMu.Lock()
+	defer n.roles.renewMu.Unlock()
 	keyPEM, csrPEM, err := ca.GenerateKeyAndCSR()
 	if err != nil {
 		return err
