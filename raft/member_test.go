@@ -21,9 +21,7 @@ type fakeTransport struct {
 func (f *fakeTransport) Send(ms []raftpb.Message) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, m := range ms {
-		f.msgs = append(f.msgs, m)
-	}
+	f.msgs = append(f.msgs, ms...)
 }
 
 // take removes and returns the first sent message that matches.
