@@ -45,6 +45,9 @@ func (n *Node) loadOrCreateIdentity(ctx context.Context) (*nodeIdentity, error) 
 		if ks.UnlockKey != nil && !ks.Locked() {
 			n.log.Warn("this node's keys are not locked; --unlock-key is ignored")
 		}
+		if err := n.checkJoinFlagsAgainstState(ks); err != nil {
+			return nil, err
+		}
 		return n.loadIdentity(ks, certPEM, keyPEM)
 	case !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("node certificate in %s: %w", ks.Dir, err)
@@ -59,6 +62,31 @@ func (n *Node) loadOrCreateIdentity(ctx context.Context) (*nodeIdentity, error) 
 		return n.newCluster(ks)
 	}
 	return n.join(ctx, ks)
+}
+
+// checkJoinFlagsAgainstState refuses --join-token for a state dir that
+// already holds a node of another cluster (a state dir copied from
+// elsewhere, or the wrong --state-dir): the token pins its cluster's root
+// CA. For the node's own cluster the flags are only redundant.
+func (n *Node) checkJoinFlagsAgainstState(ks *ca.KeyStore) error {
+	if n.cfg.JoinToken == "" {
+		return nil
+	}
+	token, err := ca.ParseJoinToken(n.cfg.JoinToken)
+	if err != nil {
+		return err
+	}
+	rootPEM, err := ks.LoadRootCert()
+	if err != nil {
+		return fmt.Errorf("root CA certificate in %s: %w", ks.Dir, err)
+	}
+	if err := token.VerifyRootCA(rootPEM); err != nil {
+		return fmt.Errorf("state dir %s already holds a node of another cluster than the join token's: "+
+			"to join this cluster start with an empty --state-dir (move this one aside); to run the node it holds, start without --join-addr and --join-token",
+			n.cfg.StateDir)
+	}
+	n.log.Info("the state dir already holds a node of this cluster: --join-addr and --join-token are ignored")
+	return nil
 }
 
 func (n *Node) loadIdentity(ks *ca.KeyStore, certPEM, keyPEM []byte) (*nodeIdentity, error) {
