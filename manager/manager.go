@@ -201,8 +201,9 @@ func (m *Manager) managerPeers() []*api.WeightedPeer {
 	m.store.View(func(tx store.ReadTx) {
 		nodes, _ := store.Find[*api.Node](tx, store.ByRole(api.NodeRoleManager))
 		for _, n := range nodes {
-			if n.ManagerStatus == nil || n.ManagerStatus.Addr == "" {
-				continue
+			if n.ManagerStatus == nil || n.ManagerStatus.Addr == "" ||
+				n.ManagerStatus.Reachability == api.ReachabilityUnreachable {
+				continue // agents would only waste attempts on it
 			}
 			p := &api.WeightedPeer{NodeID: n.ID, Addr: n.ManagerStatus.Addr, Weight: 1}
 			if n.ManagerStatus.Leader {
