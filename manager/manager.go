@@ -274,7 +274,41 @@ func (m *Manager) join(ctx context.Context) error {
 		}
 	}
 	m.log.Info("joined the managers", "members", len(resp.Members), "leader", fmt.Sprintf("%x", resp.Leader))
-	return nil
+	return m.confirmJoin(ctx)
+}
+
+// confirmJoin waits until this manager's node records its raft ID: the
+// leader writes it after answering the join, and a leader change in between
+// loses that write. Then it joins again (a no-op for raft), so that the new
+// leader records it.
+func (m *Manager) confirmJoin(ctx context.Context) error {
+	const check, rejoinAfter = time.Second, 10 * time.Second
+	since := time.Now()
+	for {
+		var recorded bool
+		m.store.View(func(tx store.ReadTx) {
+			n := store.Get[*api.Node](tx, m.cfg.NodeID)
+			recorded = n != nil && n.ManagerStatus != nil && n.ManagerStatus.RaftID == m.cfg.RaftID
+		})
+		if recorded {
+			return nil
+		}
+		if time.Since(since) >= rejoinAfter {
+			m.log.Info("the leader has not recorded this manager yet; joining again")
+			if _, err := m.joinRaft(ctx, m.cfg.JoinAddrs); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				m.log.Warn("joining again failed", "error", err)
+			}
+			since = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(check):
+		}
+	}
 }
 
 // leaderAddr is the leader's remote API address, "" when unknown.
