@@ -94,8 +94,12 @@ const (
 	// before it is marked DOWN.
 	MissedHeartbeats = 3
 	// DefaultGraceMultiplier sets the default grace period after Run starts,
-	// in heartbeat periods.
+	// in heartbeat periods, and MinGracePeriod its floor: agents back off up
+	// to 8 s between attempts while no manager serves them (a failover, a
+	// lost quorum), so a grace shorter than that marks live nodes DOWN with
+	// a short heartbeat period.
 	DefaultGraceMultiplier = 6
+	MinGracePeriod         = 12 * time.Second
 	// DownFlushInterval is the least time between two DOWN writes: nodes
 	// that expire within it are marked DOWN together, at most that late.
 	DownFlushInterval = 100 * time.Millisecond
@@ -519,7 +523,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	now := d.clock.Now()
 	grace := d.cfg.GracePeriod
 	if grace <= 0 {
-		grace = DefaultGraceMultiplier * d.period.Load().d
+		grace = max(DefaultGraceMultiplier*d.period.Load().d, MinGracePeriod)
 	}
 	l.graceEnd = now.Add(grace)
 
