@@ -8,8 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
+
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // File names in a KeyStore directory.
@@ -20,7 +21,6 @@ const (
 	NodeKeyFile  = "swarm-node.key"
 
 	stagedSuffix = ".new"
-	tmpMarker    = ".tmp-"
 )
 
 // ErrMismatchedKeyPair is wrapped by LoadNode when the directory holds no
@@ -105,7 +105,7 @@ func (ks *KeyStore) RemoveRootKey() error {
 	if err := os.Remove(ks.path(RootKeyFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove root CA key: %w", err)
 	}
-	return syncDir(ks.Dir)
+	return atomicfile.SyncDir(ks.Dir)
 }
 
 // SaveNode stores the node certificate and its key as a pair (see KeyStore).
@@ -368,14 +368,14 @@ func (ks *KeyStore) promote(name string) error {
 	if err := os.Rename(ks.path(name+stagedSuffix), ks.path(name)); err != nil {
 		return err
 	}
-	return syncDir(ks.Dir)
+	return atomicfile.SyncDir(ks.Dir)
 }
 
 func (ks *KeyStore) removeStaged() {
 	for _, name := range []string{NodeKeyFile + stagedSuffix, NodeCertFile + stagedSuffix} {
 		_ = os.Remove(ks.path(name))
 	}
-	_ = syncDir(ks.Dir)
+	_ = atomicfile.SyncDir(ks.Dir)
 }
 
 // removeTemps deletes temporary files left by a crash inside write.
@@ -385,7 +385,7 @@ func (ks *KeyStore) removeTemps() {
 		return
 	}
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), tmpMarker) {
+		if atomicfile.IsTemp(e.Name()) {
 			_ = os.Remove(ks.path(e.Name()))
 		}
 	}
@@ -396,44 +396,5 @@ func (ks *KeyStore) write(name string, data []byte, perm fs.FileMode) error {
 	if err := os.MkdirAll(ks.Dir, 0o700); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(ks.Dir, "."+name+tmpMarker+"*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	fail := func(err error) error {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(tmp, ks.path(name)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return syncDir(ks.Dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(ks.path(name), data, perm)
 }

@@ -160,7 +160,7 @@ func TestKeyStoreFiles(t *testing.T) {
 		t.Fatalf("LoadNode of a mismatched pair = %v, want ErrMismatchedKeyPair", err)
 	}
 	// Temporary files of an interrupted write are cleaned up.
-	tmp := filepath.Join(dir, "."+NodeKeyFile+tmpMarker+"123")
+	tmp := filepath.Join(dir, "."+NodeKeyFile+".tmp-123")
 	if err := os.WriteFile(tmp, []byte("half a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}

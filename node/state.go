@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // State is what the node keeps about itself beside its certificate, in
@@ -64,7 +66,7 @@ func loadOrCreateState(dir, nodeID string, manager bool) (*State, error) {
 
 func saveState(dir string, s *State) error {
 	data, _ := json.MarshalIndent(s, "", "  ")
-	if err := writeFileAtomic(filepath.Join(dir, stateFile), data); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, stateFile), data, 0o600); err != nil {
 		return fmt.Errorf("write node state: %w", err)
 	}
 	return nil
@@ -80,36 +82,6 @@ func newRaftID() uint64 {
 			return id
 		}
 	}
-}
-
-// writeFileAtomic writes data so that path holds either the old or the new
-// content after a crash, never a mix.
-func writeFileAtomic(path string, data []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // lockStateDir takes an exclusive lock on the state dir for this process's

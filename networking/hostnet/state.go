@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/flotilla/flotilla/api"
+	"github.com/flotilla/flotilla/internal/atomicfile"
 )
 
 // recordVersion is the format of the attachment records.
@@ -95,26 +96,10 @@ func (s stateStore) write(r *record) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(s.dir, ".tmp-"+r.TaskID+"-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(s.path(r.TaskID), append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("write attachment record of task %s: %w", r.TaskID, err)
 	}
-	tmp := f.Name()
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.path(r.TaskID))
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write attachment record of task %s: %w", r.TaskID, err)
-	}
-	return syncDir(s.dir)
+	return nil
 }
 
 // remove deletes the task's record; a missing one is not an error.
@@ -126,7 +111,7 @@ func (s stateStore) remove(taskID string) error {
 	if err != nil {
 		return fmt.Errorf("remove attachment record of task %s: %w", taskID, err)
 	}
-	return syncDir(s.dir)
+	return atomicfile.SyncDir(s.dir)
 }
 
 // load reads every record. Left-over temp files (a crash during write) are
@@ -140,7 +125,7 @@ func (s stateStore) load() (map[string]*record, error) {
 	recs := make(map[string]*record, len(entries))
 	for _, e := range entries {
 		name := e.Name()
-		if strings.HasPrefix(name, ".tmp-") {
+		if atomicfile.IsTemp(name) {
 			_ = os.Remove(filepath.Join(s.dir, name))
 			continue
 		}
@@ -161,18 +146,6 @@ func (s stateStore) load() (map[string]*record, error) {
 		recs[taskID] = &r
 	}
 	return recs, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // validTaskID reports whether id can name files and netns mounts: 1 to 128
