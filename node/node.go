@@ -221,59 +221,24 @@ func (n *Node) Start(ctx context.Context) error {
 	managers := id.state.Managers
 	var mgr *manager.Manager
 	if me.Role == api.NodeRoleManager {
-		if n.cfg.ListenRemoteAPI == "-" {
-			return errors.New("a manager needs its remote API: set --listen-remote-api")
-		}
-		remote, err := net.Listen("tcp", n.cfg.ListenRemoteAPI)
+		remote, advertise, err := n.listenRemote()
 		if err != nil {
-			return fmt.Errorf("listen on remote API address %s: %w (set --listen-remote-api)", n.cfg.ListenRemoteAPI, err)
+			return err
 		}
 		cleanup = append(cleanup, func() { remote.Close() })
-		advertise := n.cfg.AdvertiseRemoteAPI
-		if advertise == "" {
-			advertise = defaultAdvertiseAddr(remote.Addr().(*net.TCPAddr))
-		}
 		rca := id.creds.RootCA()
 		if id.rootKey != nil {
 			if rca, err = ca.ParseRootCA(rca.Cert, id.rootKey); err != nil {
 				return fmt.Errorf("root CA key in %s: %w", n.keyStore().Dir, err)
 			}
 		}
-		desc, err := executor.Describe(ctx)
-		if err != nil {
-			return err
-		}
 		ks := n.keyStore()
-		dek, err := n.raftDataKey()
-		if err != nil {
-			return err
-		}
-		mgr, err = manager.New(manager.Config{
-			StateDir:       n.cfg.StateDir,
-			NodeID:         me.NodeID,
-			RaftID:         id.state.RaftID,
-			JoinAddrs:      id.state.Managers,
-			ClusterID:      me.ClusterID,
-			RootCA:         rca,
-			RootKeyStored:  func() { _ = ks.RemoveRootKey() },
-			Credentials:    id.creds,
-			ControlSocket:  n.cfg.ListenControlAPI,
-			RemoteListener: remote,
-			AdvertiseAddr:  advertise,
-			Description:    desc,
-			TickInterval:   n.cfg.TickInterval,
-			ElectionTick:   n.cfg.ElectionTick,
-			HeartbeatTick:  n.cfg.HeartbeatTick,
-			DataKey:        dek,
-			OnUnlockKey:    n.unlockKeyChanged,
-			Logger:         logger,
-			// Disaster recovery (swarmd --force-new-cluster).
-			ForceNewCluster: n.cfg.ForceNewCluster,
+		mgr, err = n.newManager(ctx, managerParts{
+			executor: executor, raftID: id.state.RaftID, join: id.state.Managers,
+			rootCA: rca, rootKeyStored: func() { _ = ks.RemoveRootKey() },
+			remote: remote, advertise: advertise,
 		})
 		if err != nil {
-			return err
-		}
-		if err := n.raftLogOpened(); err != nil {
 			return err
 		}
 		// A manager's own agent reports to the dispatcher like any other;
@@ -341,6 +306,79 @@ func (n *Node) run(ctx context.Context, mgr *manager.Manager, ag *agent.Agent) {
 	n.lock.Close()
 	n.mu.Unlock()
 	close(n.done)
+}
+
+// listenRemote opens the remote API listener of a manager and says the
+// address other nodes reach it at.
+func (n *Node) listenRemote() (net.Listener, string, error) {
+	if n.cfg.ListenRemoteAPI == "-" {
+		return nil, "", errors.New("a manager needs its remote API: set --listen-remote-api")
+	}
+	remote, err := net.Listen("tcp", n.cfg.ListenRemoteAPI)
+	if err != nil {
+		return nil, "", fmt.Errorf("listen on remote API address %s: %w (set --listen-remote-api)", n.cfg.ListenRemoteAPI, err)
+	}
+	advertise := n.cfg.AdvertiseRemoteAPI
+	if advertise == "" {
+		advertise = defaultAdvertiseAddr(remote.Addr().(*net.TCPAddr))
+	}
+	return remote, advertise, nil
+}
+
+// managerParts is what differs between the manager a node starts with and
+// one it starts on promotion.
+type managerParts struct {
+	executor      exec.Executor // describes the node
+	raftID        uint64
+	join          []string // managers to join raft through, if it has no log
+	rootCA        ca.RootCA
+	rootKeyStored func()
+	remote        net.Listener
+	advertise     string
+}
+
+// newManager makes this node's manager component (it starts nothing) and
+// records that its raft log is open (encrypted from then on).
+func (n *Node) newManager(ctx context.Context, p managerParts) (*manager.Manager, error) {
+	me := n.creds.Identity()
+	desc, err := p.executor.Describe(ctx)
+	if err != nil {
+		return nil, err
+	}
+	dek, err := n.raftDataKey()
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := manager.New(manager.Config{
+		StateDir:       n.cfg.StateDir,
+		NodeID:         me.NodeID,
+		RaftID:         p.raftID,
+		JoinAddrs:      p.join,
+		ClusterID:      me.ClusterID,
+		RootCA:         p.rootCA,
+		RootKeyStored:  p.rootKeyStored,
+		Credentials:    n.creds,
+		ControlSocket:  n.cfg.ListenControlAPI,
+		RemoteListener: p.remote,
+		AdvertiseAddr:  p.advertise,
+		Description:    desc,
+		TickInterval:   n.cfg.TickInterval,
+		ElectionTick:   n.cfg.ElectionTick,
+		HeartbeatTick:  n.cfg.HeartbeatTick,
+		DataKey:        dek,
+		OnUnlockKey:    n.unlockKeyChanged,
+		Logger:         n.cfg.Logger.With("node.id", me.NodeID),
+		// Disaster recovery (swarmd --force-new-cluster); only ever set on
+		// a node that starts as a manager.
+		ForceNewCluster: n.cfg.ForceNewCluster,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := n.raftLogOpened(); err != nil {
+		return nil, err
+	}
+	return mgr, nil
 }
 
 // rememberManagers keeps the managers a manager last listed (leader first)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -297,6 +296,7 @@ func (n *Node) retireRaftState() error {
 // through the managers the node knows.
 func (n *Node) startPromotedManager(ctx context.Context) (*managerComponent, error) {
 	if n.cfg.ListenRemoteAPI == "-" {
+		// Before anything changes on disk.
 		return nil, errors.New("a manager needs its remote API: restart swarmd with --listen-remote-api")
 	}
 	if err := n.retireRaftState(); err != nil {
@@ -313,20 +313,20 @@ func (n *Node) startPromotedManager(ctx context.Context) (*managerComponent, err
 	if err != nil {
 		return nil, err
 	}
-	remote, err := net.Listen("tcp", n.cfg.ListenRemoteAPI)
+	remote, advertise, err := n.listenRemote()
 	if err != nil {
-		return nil, fmt.Errorf("listen on remote API address %s: %w (set --listen-remote-api)", n.cfg.ListenRemoteAPI, err)
-	}
-	advertise := n.cfg.AdvertiseRemoteAPI
-	if advertise == "" {
-		advertise = defaultAdvertiseAddr(remote.Addr().(*net.TCPAddr))
+		return nil, err
 	}
 	join := slices.DeleteFunc(slices.Clone(st.Managers), func(a string) bool { return a == advertise })
 	if len(join) == 0 {
 		remote.Close()
 		return nil, fmt.Errorf("it knows no other manager to join raft through (%s lists none)", filepath.Join(n.cfg.StateDir, stateFile))
 	}
-	mgr, err := n.newPromotedManager(ctx, st, remote, advertise, join)
+	mgr, err := n.newManager(ctx, managerParts{
+		executor: n.roles.executor, raftID: st.RaftID, join: join,
+		rootCA: n.creds.RootCA(), rootKeyStored: func() {},
+		remote: remote, advertise: advertise,
+	})
 	if err != nil {
 		remote.Close()
 		return nil, err
@@ -340,45 +340,6 @@ func (n *Node) startPromotedManager(ctx context.Context) (*managerComponent, err
 	n.roles.mu.Unlock()
 	n.log.Info("promoted to manager: the manager component joins raft", "raft.id", fmt.Sprintf("%x", st.RaftID), "addr", advertise, "via", join)
 	return mc, nil
-}
-
-func (n *Node) newPromotedManager(ctx context.Context, st State, remote net.Listener, advertise string, join []string) (*manager.Manager, error) {
-	me := n.creds.Identity()
-	desc, err := n.roles.executor.Describe(ctx)
-	if err != nil {
-		return nil, err
-	}
-	dek, err := n.raftDataKey()
-	if err != nil {
-		return nil, err
-	}
-	mgr, err := manager.New(manager.Config{
-		StateDir:       n.cfg.StateDir,
-		NodeID:         me.NodeID,
-		RaftID:         st.RaftID,
-		JoinAddrs:      join,
-		ClusterID:      me.ClusterID,
-		RootCA:         n.creds.RootCA(),
-		RootKeyStored:  func() {},
-		Credentials:    n.creds,
-		ControlSocket:  n.cfg.ListenControlAPI,
-		RemoteListener: remote,
-		AdvertiseAddr:  advertise,
-		Description:    desc,
-		TickInterval:   n.cfg.TickInterval,
-		ElectionTick:   n.cfg.ElectionTick,
-		HeartbeatTick:  n.cfg.HeartbeatTick,
-		DataKey:        dek,
-		OnUnlockKey:    n.unlockKeyChanged,
-		Logger:         n.cfg.Logger.With("node.id", me.NodeID),
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := n.raftLogOpened(); err != nil {
-		return nil, err
-	}
-	return mgr, nil
 }
 
 // renewNow renews the certificate at once, through the managers the node
