@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"log/slog"
 	"reflect"
 	"strconv"
 	"strings"
@@ -63,7 +62,6 @@ type forwarder struct {
 	applied     func() uint64
 	waitApplied func(ctx context.Context, index uint64) error
 	dial        func(ctx context.Context, addr string) (*grpc.ClientConn, error)
-	log         *slog.Logger
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn // by leader address

@@ -164,7 +164,6 @@ func New(cfg Config) (*Manager, error) {
 		applied:     m.raft.AppliedIndex,
 		waitApplied: m.raft.WaitApplied,
 		dial:        m.dialManager,
-		log:         m.log,
 	}
 	m.control = controlapi.NewServer(m.store, unavailable)
 	m.control.SetMembership(m.raft)
@@ -174,7 +173,7 @@ func New(cfg Config) (*Manager, error) {
 		Store:    m.store,
 		Identify: identifyPeer,
 		Managers: m.managerPeers,
-		Leader:   m.leaderAddr,
+		Leader:   m.raft.LeaderAddr,
 		Logger:   cfg.Logger,
 	})
 	m.replicated = replicated.New(m.store, replicated.Config{Logger: cfg.Logger})
@@ -310,9 +309,6 @@ func (m *Manager) confirmJoin(ctx context.Context) error {
 		}
 	}
 }
-
-// leaderAddr is the leader's remote API address, "" when unknown.
-func (m *Manager) leaderAddr() string { return m.raft.LeaderAddr() }
 
 // proposer lets the store be built before the raft node it proposes to.
 type proposer struct{ m *Manager }
