@@ -31,6 +31,3 @@ func ControlServiceName() string { return _Control_serviceDesc.ServiceName }
 // LeaderTrailer is the gRPC trailer in which a manager that cannot serve an
 // agent's session (it is not the leader) names the leader's address.
 const LeaderTrailer = "flotilla-leader"
-
-// RaftServiceName is the Raft service's full gRPC name.
-func RaftServiceName() string { return _Raft_serviceDesc.ServiceName }

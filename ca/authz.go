@@ -23,6 +23,10 @@ type Rule struct {
 	// nodes). A caller that does present a certificate is still checked:
 	// cluster ID, the check function, and Roles if not empty.
 	AllowAnonymous bool
+	// SkipCheck leaves out the authorizer's check function (the
+	// membership check) for this method: its service decides membership
+	// itself (raft).
+	SkipCheck bool
 }
 
 // Policy maps full gRPC method names ("/flotilla.api.NodeCA/IssueNodeCertificate")
@@ -118,7 +122,7 @@ func (a *Authorizer) Authorize(ctx context.Context, method string) (context.Cont
 	if !slices.Contains(rule.Roles, id.Role) && !(rule.AllowAnonymous && len(rule.Roles) == 0) {
 		return nil, a.refuse(ctx, method, &id, codes.PermissionDenied, "%s", roleMessage(id.Role, method, rule.Roles))
 	}
-	if a.check != nil {
+	if a.check != nil && !rule.SkipCheck {
 		if err := a.check(ctx, id); err != nil {
 			if _, isStatus := status.FromError(err); !isStatus {
 				err = status.Errorf(codes.PermissionDenied, "node %s may not call %s: %v", id.NodeID, method, err)

@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -41,9 +40,11 @@ func remotePolicy() ca.Policy {
 		"/grpc.health.v1.Health/Watch":                {AllowAnonymous: true},
 		"/grpc.health.v1.Health/List":                 {AllowAnonymous: true},
 	}
-	// Raft messages and membership: managers only.
+	// Raft messages and membership: managers only, and raft's own
+	// membership decides who may talk raft (a manager joining has an empty
+	// store and must hear from members it does not know yet).
 	for _, m := range []string{"ProcessRaftMessage", "ProcessRaftMessages", "StreamRaftMessage", "Join", "Leave"} {
-		p["/flotilla.api.Raft/"+m] = ca.Rule{Roles: managers}
+		p["/flotilla.api.Raft/"+m] = ca.Rule{Roles: managers, SkipCheck: true}
 	}
 	for _, m := range api.ControlServiceMethods() {
 		p["/flotilla.api.Control/"+m] = ca.Rule{Roles: managers}
@@ -59,16 +60,7 @@ func (m *Manager) clusterID() string { return m.cfg.ClusterID }
 
 // memberCheck refuses certificates of nodes the cluster no longer knows
 // (removed nodes keep a valid certificate until it expires).
-// raftServicePrefix prefixes the full names of the Raft service's methods.
-var raftServicePrefix = "/" + api.RaftServiceName() + "/"
-
 func (m *Manager) memberCheck(ctx context.Context, id ca.NodeIdentity) error {
-	if method, _ := grpc.Method(ctx); strings.HasPrefix(method, raftServicePrefix) {
-		// Raft's own membership decides who may talk raft: a manager
-		// joining has an empty store and must hear from members it does
-		// not know yet.
-		return nil
-	}
 	var member bool
 	m.store.View(func(tx store.ReadTx) { member = store.Exists(tx, api.KindNode, id.NodeID) })
 	if !member && !m.raft.IsLeader() {
